@@ -312,9 +312,10 @@ class Campaign:
     if that is later; None when its category is the one it was defined with. A
     consent given before then was given to other content, and allows nothing under
     these rules."""
-    shortest_reply_window: timedelta | None = None
-    """The shortest reply window (``CampaignPolicy.opt_out_confirmation_window``) of
-    every version of the campaign's rules known, the one in force included; None:
-    this version's. A reply recorded before the HELP or opt-out it answered was
-    judged, in the facts' own order, by the window in force when it was sent: no
-    longer a window than the shortest leaves it out of the caps."""
+    reply_windows: tuple[tuple[datetime, timedelta], ...] = ()
+    """The reply window (``CampaignPolicy.opt_out_confirmation_window``) of every
+    version of the campaign's rules known, each from when it took effect, in that
+    order; empty: this version's at any time. A reply is judged by the window in
+    force when it was sent, as its write judged it in the facts' own order: one
+    recorded before the HELP or opt-out it answered, and one a change of the rules
+    dated back before it gave a shorter window than its write read."""

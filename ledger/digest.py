@@ -97,7 +97,9 @@ class CampaignDigest(NamedTuple):
     resume: Mark | None = None
     reconfirmation: Mark | None = None
     sent: tuple[Mark, ...] = ()
-    """Counted sends within the longest cap window, oldest first."""
+    """Counted sends within the longest cap window, oldest first, and the replies that
+    escaped the caps (``ledger.state.CampaignConsent.escaped``), each also in
+    ``answered_late``: the policy counts one sent outside its reply window."""
     first_sent_at: int | None = None
     """When the first counted send since the campaign's latest consent went out
     (``ledger.state.CampaignConsent.opener``), or that consent's time once a
@@ -130,11 +132,12 @@ class CampaignDigest(NamedTuple):
     """Whether ``revocation`` was imported (``ConsentRevoked.imported``): another
     platform received it and owed its one confirmation, so this service owes none."""
     answered_late: tuple[Mark, ...] = ()
-    """The replies of ``sent`` recorded before the HELP or opt-out they followed reached
-    the ledger (``ledger.state.CampaignConsent.answered_late``), oldest first: each the
-    mark of that HELP or opt-out (its time and place) with the reply's event id. The
-    policy leaves one sent within the campaign's reply window after it out of the
-    caps, as the facts' own order would."""
+    """The replies of ``sent`` that answered a HELP, START or opt-out, oldest first:
+    those recorded before it reached the ledger
+    (``ledger.state.CampaignConsent.answered_late``) and those that escaped the caps
+    (``escaped``), each the mark of that text or opt-out (its time and place) with the
+    reply's event id. The policy leaves one sent within the reply window in force
+    when it was sent out of the caps, as the facts' own order would."""
 
 
 EMPTY_CAMPAIGN = CampaignDigest()
@@ -322,7 +325,7 @@ def _campaign_digest(c: CampaignConsent, brand_resume: Fact[Any] | None) -> Camp
             _mark(c.revocation),
             _mark(c.resume),
             _mark(c.reconfirmation),
-            tuple([_sent(s) for s in c.sent]) if c.sent else (),
+            _counted_marks(c),
             _first_sent_at(c, brand_resume),
             None if last_disclosed is None else (last_disclosed.at - EPOCH) // _MICROSECOND,
             _mark(c.help_request),
@@ -338,13 +341,27 @@ def _campaign_digest(c: CampaignConsent, brand_resume: Fact[Any] | None) -> Camp
             _stated(grant),
             _stated(c.resume),
             c.revocation is not None and c.revocation.event.imported,
-            tuple([_answered(r) for r in c.answered_late]) if c.answered_late else (),
+            _answered_marks(c),
         ),
     )
 
 
+def _counted_marks(c: CampaignConsent) -> tuple[Mark, ...]:
+    """``CampaignDigest.sent``: the counted sends and the replies that escaped."""
+    if not c.escaped:
+        return tuple([_sent(s) for s in c.sent]) if c.sent else ()
+    return tuple(sorted([_sent(s) for s in (*c.sent, *c.escaped)]))
+
+
+def _answered_marks(c: CampaignConsent) -> tuple[Mark, ...]:
+    """``CampaignDigest.answered_late``: of the replies answered late and escaped."""
+    if not c.escaped:
+        return tuple([_answered(r) for r in c.answered_late]) if c.answered_late else ()
+    return tuple(sorted([_answered(r) for r in (*c.answered_late, *c.escaped)]))
+
+
 def _answered(record: SentRecord) -> Mark:
-    """``CampaignDigest.answered_late``'s mark of a reply answered late."""
+    """``CampaignDigest.answered_late``'s mark of a reply and what it answered."""
     text = record.basis[0]
     return built(Mark, (micros(text.event.occurred_at), text.position.offset, record.event_id))
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import functools
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
@@ -32,6 +33,7 @@ from ledger.campaigns import (
     QuietHours,
 )
 from ledger.digest import (
+    EPOCH,
     EVERY_BRANDS_HOLD,
     CampaignDigest,
     Digest,
@@ -469,12 +471,6 @@ def _erased_without_opt_in(digest: Digest, c: CampaignDigest) -> bool:
     return digest.erased is not None and c.grant is None
 
 
-def _within(sent: Mark, answered: Mark, window: int) -> bool:
-    """Whether ``sent`` is the reply ``answered`` names (``answered_late``), sent within
-    ``window`` after the HELP or opt-out it marks."""
-    return sent.event_id == answered.event_id and answered.at <= sent.at <= answered.at + window
-
-
 def _answers(reply: Mark, asked: Mark) -> bool:
     """Whether the reply ``reply`` (an opt-out's confirmation, a HELP's reply, a
     START's confirmation) answers the text or opt-out ``asked``: sent at or after it,
@@ -541,13 +537,13 @@ class Check:
         # before that check is held to the limits as well.
         self._conversation = micros_of(min(policy.conversation_window, MAX_CONVERSATION_WINDOW))
         self._confirmation = micros_of(self._window())
-        # A reply answered late is left out of the caps within the shortest window
-        # the rules had (``Campaign.shortest_reply_window``): never one more than the
-        # window in force when it was sent, which judged it in the facts' own order.
-        shortest = campaign.shortest_reply_window
-        self._answered_within = (
-            self._confirmation if shortest is None else min(self._confirmation, micros_of(shortest))
-        )
+        # A reply is left out of the caps by the window in force when it was sent
+        # (``Campaign.reply_windows``), held to the limit as this one is.
+        windows = campaign.reply_windows or ((EPOCH, self._window()),)
+        self._reply_from = [micros(at) for at, _ in windows]
+        self._reply_windows = [
+            micros_of(min(w, MAX_OPT_OUT_CONFIRMATION_WINDOW)) for _, w in windows
+        ]
         # Rules recorded before a longer window was refused are held to the longest.
         self._first_message = micros_of(min(policy.first_message_window, MAX_FIRST_MESSAGE_WINDOW))
         self._reconfirm = (
@@ -1292,21 +1288,34 @@ class Check:
         return None
 
     def _counted(self, c: CampaignDigest) -> tuple[Mark, ...]:
-        """The campaign's sends its caps count: ``c.sent`` but the replies answered late
-        (``answered_late``) sent within the reply window after their text or opt-out."""
+        """The campaign's sends its caps count: ``c.sent`` but the replies that answered
+        a text or opt-out within the reply window in force when sent (``answered_late``)."""
         if not c.answered_late:
             return c.sent
         late = self.answered_late(c)
         return tuple([s for s in c.sent if s.event_id not in late])
 
     def answered_late(self, c: CampaignDigest) -> frozenset[str]:
-        """The event ids of the replies of ``c`` recorded before the HELP or opt-out they
-        followed that answer it as they would have in the facts' own order: sent
-        within the reply window after it (``CampaignDigest.answered_late``)."""
-        within = self._answered_within
+        """The event ids of the replies of ``c`` that the facts' own order leaves out of
+        the caps (``CampaignDigest.answered_late``): each sent within the reply window
+        in force then after the HELP, START or opt-out it answered. One that escaped
+        the caps when recorded but was sent outside that window (a change of the rules
+        dated back shortened it) counts, as one recorded before its text does."""
+        sent = {s.event_id: s for s in c.sent}
         return frozenset(
-            [m.event_id for m in c.answered_late for s in c.sent if _within(s, m, within)]
+            [
+                m.event_id
+                for m in c.answered_late
+                if (s := sent.get(m.event_id)) is not None
+                and m.at <= s.at <= m.at + self._reply_window_at(s.at)
+            ]
         )
+
+    def _reply_window_at(self, at: int) -> int:
+        """The reply window in force at ``at``; -1 before the campaign had rules (a
+        reply then earned no exemption)."""
+        place = bisect_right(self._reply_from, at)
+        return self._reply_windows[place - 1] if place else -1
 
     def _state_caps_in_force(self, digest: Digest) -> tuple[tuple[StateRule, StateCap, int], ...]:
         """(rule, cap, its window in microseconds) of each candidate state's cap in force

@@ -197,6 +197,14 @@ class CampaignConsent:
     The fold does not read the campaign's reply window, so it keeps them counted; the
     policy leaves out of the caps the one sent within that window after its text or
     opt-out (``ledger.policy``; ``_answered_before``, ``_confirmed_before``)."""
+    escaped: tuple[SentRecord, ...] = ()
+    """Help replies, START confirmations and opt-out confirmations of this campaign
+    that escaped the caps, within the longest cap window, in world order: each owed
+    once (``_owed_reply``, ``_owed_confirmation``), the text or opt-out it answered
+    kept as its ``basis``. The write judged its reply window by the rules then known;
+    a change of the rules dated back before the reply may have shortened it since, so
+    the policy counts one sent outside the window in force when it was sent, as the
+    facts' own order would (``ledger.policy``)."""
 
 
 EMPTY_CAMPAIGN = CampaignConsent()
@@ -567,6 +575,8 @@ def _apply_sent(s: SubscriberState, f: Fact[MessageSent]) -> SubscriberState:
     elif record.kind is MessageKind.OPT_OUT_CONFIRMATION:
         s = _confirmed_after(s, lambda r: _between(r, record))
     if exempt:
+        if record.basis:  # an owed reply, its window judged again by the policy
+            s = _with_campaign(s, f.event.campaign, lambda c: _with_escaped(c, record))
         return s
     brand_resume = s.brand_resume
     reconfirms = (
@@ -613,6 +623,14 @@ def _apply_sent(s: SubscriberState, f: Fact[MessageSent]) -> SubscriberState:
         )
 
     return _with_campaign(s, f.event.campaign, add)
+
+
+def _with_escaped(c: CampaignConsent, record: SentRecord) -> CampaignConsent:
+    """``c`` with the owed reply ``record`` among those that escaped the caps
+    (``CampaignConsent.escaped``), kept for as long as a cap counts back from the
+    newest, as ``sent`` is."""
+    newest = max(record.at, c.escaped[-1].at) if c.escaped else record.at
+    return _evolve(c, escaped=_with_send(c.escaped, record, newest))
 
 
 _OPENS_NO_CONVERSATION = frozenset(
@@ -1138,9 +1156,10 @@ class CampaignHistory:
             policy_event_id=fact.event_id,
             revoke_all_since=revoke_all_since,
             content_since=content_since,
-            shortest_reply_window=min(
-                f.event.policy.opt_out_confirmation_window  # type: ignore[attr-defined]
+            reply_windows=tuple(
+                (f.at, f.event.policy.opt_out_confirmation_window)  # type: ignore[attr-defined]
                 for f in self.versions
+                if t_known is None or f.recorded_at <= t_known
             ),
         )
 
@@ -1237,6 +1256,7 @@ def retained(state: SubscriberState) -> list[Fact[Any]]:
             c.help_answer,
             c.opt_in_answer,
             *c.answered_late,
+            *c.escaped,
         )
         for record in records:
             if record is not None:

@@ -42,7 +42,7 @@ from tests.e2e.harness import (
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 PROMO_FROM, NEWS_FROM, CAPPED_FROM = "+12125558801", "+12125558802", "+12125558803"
-BRIEF_FROM = "+12125558804"
+BRIEF_FROM, SHIFTING_FROM = "+12125558804", "+12125558805"
 MINUTE = timedelta(minutes=1)
 CLOCK = module_clock()
 CAP = lpb.FrequencyCap(limit=1, window=Duration(seconds=86400))
@@ -229,6 +229,14 @@ async def service(module_serve):
                 frequency_caps=[CAP],
                 opt_out_confirmation_window=Duration(seconds=120),
             ),
+            define(
+                "acme",
+                "shifting",
+                start,
+                [SHIFTING_FROM],
+                frequency_caps=[CAP],
+                opt_out_confirmation_window=Duration(seconds=120),
+            ),
         ],
     )
 
@@ -358,3 +366,82 @@ async def test_every_order_of_arrival_gives_the_answers_of_the_facts_own_times(h
                 if said[key] != expected:
                     wrong.append(f"{[f[0] for f in order]}: {key} {said[key]}, not {expected}")
     assert not wrong, "\n".join(wrong)
+
+
+SHIFTING: dict[str, list[Fact]] = {
+    "HELP": [("in", 60 * MINUTE), ("HELP", 10 * MINUTE), ("reply:help", 9 * MINUTE)],
+    "STOP": [
+        ("in", 60 * MINUTE),
+        ("STOP", 10 * MINUTE),
+        ("reply:stop", 9 * MINUTE),
+        ("in", 5 * MINUTE),
+    ],
+    "START": [
+        ("in", 60 * MINUTE),
+        ("STOP", 12 * MINUTE),
+        ("START", 10 * MINUTE),
+        ("reply:start", 9 * MINUTE),
+    ],
+    "HELP answered at once": [
+        ("in", 60 * MINUTE),
+        ("HELP", 10 * MINUTE),
+        ("reply:help", 10 * MINUTE - timedelta(seconds=20)),
+    ],
+}
+"""On shifting (a cap of one a day, a 2-minute reply window): replies sent a minute
+after the text they answer, and one 20 s after it."""
+
+
+async def test_a_change_of_rules_dated_back_counts_a_reply_sent_outside_its_window(service):
+    """Each reply escaped the cap when recorded, sent inside the 2-minute window. Then
+    a change of the rules dated back before them all shortens the window to 30 s: in
+    the facts' own order a reply sent a minute after its text earned nothing, counts,
+    and the cap of one a day is reached; the one sent 20 s after still escapes it."""
+    phones = {name: f"+1415558{i:04d}" for i, name in enumerate(SHIFTING)}
+    async with client(service.address, "acme-app") as app, client(service.address) as admin:
+        w = Writes(app)
+        for name, facts in SHIFTING.items():
+            for what, ago in facts:
+                phone, at = phones[name], CLOCK.now - ago
+                if what == "in":
+                    w.wrote(await app.RecordOptIn(opt_in(phone, "acme", "shifting", at)))
+                elif what.startswith("reply:"):
+                    kind = REPLIES[what.split(":")[1]]
+                    message = sent(
+                        phone, "acme", "shifting", at, kind=kind, from_number=SHIFTING_FROM
+                    )
+                    w.wrote(await app.RecordMessageSent(message))
+                else:
+                    w.wrote(await app.HandleInboundMessage(inbound(phone, SHIFTING_FROM, what, at)))
+
+        async def reasons() -> dict[str, tuple[str, str]]:
+            ask = dict(brand="acme", campaign="shifting", at_least_as_fresh=w.token.encode())
+            batch = await admin.CanSendBatch(
+                api.CanSendBatchRequest(phones=list(phones.values()), **ask)
+            )
+            found = {}
+            for (name, phone), together in zip(phones.items(), batch.decisions, strict=True):
+                one = await admin.CanSend(api.CanSendRequest(phone=phone, **ask))
+                found[name] = (api.Reason.Name(one.reason), api.Reason.Name(together.reason))
+            return found
+
+        active = ("REASON_CONSENT_ACTIVE",) * 2
+        assert await reasons() == {name: active for name in SHIFTING}
+        policy = lpb.CampaignPolicy(
+            sender_numbers=[SHIFTING_FROM],
+            frequency_caps=[CAP],
+            opt_out_confirmation_window=Duration(seconds=30),
+        )
+        await admin.ChangeCampaignPolicy(
+            api.ChangeCampaignPolicyRequest(
+                request_id=uuid.uuid4().hex,
+                brand="acme",
+                campaign="shifting",
+                policy=policy,
+                occurred_at=ts(CLOCK.now - 30 * MINUTE),
+            )
+        )
+        capped = ("REASON_FREQUENCY_CAP_REACHED",) * 2
+        expected = {name: capped for name in SHIFTING}
+        expected["HELP answered at once"] = active
+        assert await reasons() == expected

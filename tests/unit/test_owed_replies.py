@@ -25,6 +25,8 @@ from ledger.commands import (
 )
 from ledger.digest import digest_of
 from ledger.events import (
+    CampaignDefined,
+    CampaignPolicyChanged,
     InboundMessageReceived,
     MessageKind,
     MessageSent,
@@ -34,12 +36,13 @@ from ledger.events import (
 from ledger.keywords import Intent
 from ledger.policy import Obligation, Reason, decide, earns_exemption
 from ledger.ports import Stream
-from ledger.state import exemptions_not_granted, fold, retained_facts
+from ledger.state import CampaignHistory, exemptions_not_granted, fold, retained_facts
 from services.errors import MessageIdReused
 from services.usecases import writes
 from tests.builders import (
     BRAND,
     PHONE,
+    _base,
     age,
     at,
     campaign,
@@ -642,11 +645,14 @@ def test_a_help_reply_recorded_before_its_help_counts_as_it_would_in_order(after
     assert Obligation.INCLUDE_OPT_OUT_LANGUAGE in owed
     assert set(decide(in_order, PROMO, at(20)).obligations) <= set(owed)
     assert fold(retained_facts(reply_first)) == reply_first
-    # The rules once had a shorter window: the reply was judged by the one in force
-    # when sent, which may have been it, so it counts.
-    narrowed = replace(capped, shortest_reply_window=after - timedelta(seconds=1))
+    # The rules in force when it was sent had a shorter window: it counts. A shorter
+    # one that took effect after it was sent judged nothing of it.
+    shorter = after - timedelta(seconds=1)
+    narrowed = replace(capped, reply_windows=((at(0), shorter),))
     d = decide(reply_first, narrowed, at(20))
     assert not d.allowed and d.reason is Reason.FREQUENCY_CAP_REACHED
+    later = replace(capped, reply_windows=((at(0), SHORT), (at(15), shorter)))
+    assert decide(reply_first, later, at(20)).allowed is not counts
 
 
 def test_a_help_reply_answered_late_is_no_answer_once_another_reply_came_between():
@@ -811,3 +817,53 @@ def test_a_start_confirmation_recorded_before_the_consent_it_resumed_meets_no_ob
         assert fold(retained_facts(state)) == state
     late = _recorded_as_written([*facts[1:], facts[0]], PROMO)
     assert late[3].exempt is False  # judged without the consent: counts
+
+
+@pytest.mark.parametrize("kind", OWED)
+@pytest.mark.parametrize(("changed_at", "counts"), [(5, True), (15, False)])
+def test_a_reply_that_escaped_the_caps_counts_once_rules_dated_before_it_shorten_its_window(
+    kind, changed_at, counts
+):
+    """A reply sent a minute after the text or opt-out it answered, under a 2-minute
+    reply window, was recorded as escaping the caps. Then a change of the rules dated
+    before it shortened the window to 30 s: in the facts' own order the reply was sent
+    outside its window, earned nothing and counts, so the send after it is capped. A
+    change that took effect after the reply judged nothing of it."""
+    window = {"opt_out_confirmation_window": timedelta(minutes=2)}
+    cap = {"sender_numbers": (NUMBER,), "frequency_caps": (FrequencyCap(1, timedelta(days=1)),)}
+    defined = campaign(**cap, **window)
+    asked = {
+        MessageKind.HELP_REPLY: [granted(at(0)), inbound(at(10), "HELP", "promo")],
+        MessageKind.OPT_OUT_CONFIRMATION: [granted(at(0)), revoked(at(10))],
+        MessageKind.OPT_IN_CONFIRMATION: [granted(at(0)), revoked(at(5)), resumed(at(10), "promo")],
+    }[kind]
+    reply = sent(at(11), "promo", kind)
+    written = _recorded_as_written([*asked, reply], defined)
+    assert written[-1].exempt is True
+    state = state_of(*written, granted(at(20)))
+    assert decide(state, defined, at(30)).allowed
+
+    shorter = campaign(**cap, opt_out_confirmation_window=timedelta(seconds=30)).policy
+    rules = record(
+        [
+            CampaignDefined(**_base(at(-60)), brand=BRAND, campaign="promo", policy=defined.policy),
+            CampaignPolicyChanged(
+                **_base(at(changed_at)), brand=BRAND, campaign="promo", policy=shorter
+            ),
+        ],
+        known_at=[at(-60), at(25)],
+    )
+    history = CampaignHistory()
+    for r in rules:
+        history = history.with_event(r)
+    d = decide(state, history.as_of(at(30)), at(30))
+    assert d.allowed is not counts, d
+    if counts:
+        assert d.reason is Reason.FREQUENCY_CAP_REACHED
+        assert str(reply.event_id) in d.evidence
+        # As the facts' own order judges it: the reply written under the shorter window.
+        in_order = _recorded_as_written([*asked, reply], history.as_of(at(11)))
+        assert in_order[-1].exempt is False
+    # What was known before the change was recorded allowed the send.
+    assert decide(state, history.as_of(at(30), at(24)), at(30)).allowed
+    assert fold(retained_facts(state)) == state
