@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
+from typing import NamedTuple
 
 from ledger.errors import InvalidCampaignPolicy
 
@@ -293,6 +294,17 @@ class CampaignPolicy:
             )
 
 
+class ReplyWindows(NamedTuple):
+    """The windows a reply is judged by, as one version of a campaign's rules set them
+    from when it took effect."""
+
+    since: datetime
+    reply: timedelta
+    """``CampaignPolicy.opt_out_confirmation_window``: a HELP's, START's, opt-out's."""
+    conversation: timedelta
+    """``CampaignPolicy.conversation_window``: after the person's own text."""
+
+
 @dataclass(frozen=True)
 class Campaign:
     """A campaign as the policy sees it: identity, rules, and which version of them."""
@@ -312,10 +324,10 @@ class Campaign:
     if that is later; None when its category is the one it was defined with. A
     consent given before then was given to other content, and allows nothing under
     these rules."""
-    reply_windows: tuple[tuple[datetime, timedelta], ...] = ()
-    """The reply window (``CampaignPolicy.opt_out_confirmation_window``) of every
-    version of the campaign's rules known, each from when it took effect, in that
-    order; empty: this version's at any time. A reply is judged by the window in
-    force when it was sent, as its write judged it in the facts' own order: one
-    recorded before the HELP or opt-out it answered, and one a change of the rules
-    dated back before it gave a shorter window than its write read."""
+    reply_windows: tuple[ReplyWindows, ...] = ()
+    """The reply windows of every version of the campaign's rules known, each from
+    when it took effect, in that order; empty: this version's at any time. A reply
+    is judged by the windows in force when it was sent, as its write judged it in the
+    facts' own order: one recorded before the HELP or opt-out it answered, and one a
+    change of the rules dated back before it gave a shorter window than its write
+    read."""

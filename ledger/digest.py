@@ -138,6 +138,11 @@ class CampaignDigest(NamedTuple):
     (``escaped``), each the mark of that text or opt-out (its time and place) with the
     reply's event id. The policy leaves one sent within the reply window in force
     when it was sent out of the caps, as the facts' own order would."""
+    conversed: tuple[Mark, ...] = ()
+    """As ``answered_late``, for the conversation replies of ``sent`` that escaped the
+    caps (``ledger.state.CampaignConsent.escaped``): each the mark of the person's
+    text that opened the conversation with the reply's event id, judged by the
+    conversation window in force when it was sent."""
 
 
 EMPTY_CAMPAIGN = CampaignDigest()
@@ -341,7 +346,8 @@ def _campaign_digest(c: CampaignConsent, brand_resume: Fact[Any] | None) -> Camp
             _stated(grant),
             _stated(c.resume),
             c.revocation is not None and c.revocation.event.imported,
-            _answered_marks(c),
+            _answered_marks(c, False),
+            _answered_marks(c, True),
         ),
     )
 
@@ -353,11 +359,17 @@ def _counted_marks(c: CampaignConsent) -> tuple[Mark, ...]:
     return tuple(sorted([_sent(s) for s in (*c.sent, *c.escaped)]))
 
 
-def _answered_marks(c: CampaignConsent) -> tuple[Mark, ...]:
-    """``CampaignDigest.answered_late``: of the replies answered late and escaped."""
+def _answered_marks(c: CampaignConsent, conversed: bool) -> tuple[Mark, ...]:
+    """``CampaignDigest.answered_late`` (of the replies answered late and escaped), or
+    ``conversed`` (of the conversation replies escaped)."""
     if not c.escaped:
-        return tuple([_answered(r) for r in c.answered_late]) if c.answered_late else ()
-    return tuple(sorted([_answered(r) for r in (*c.answered_late, *c.escaped)]))
+        if conversed or not c.answered_late:
+            return ()
+        return tuple([_answered(r) for r in c.answered_late])
+    replies = [r for r in c.escaped if (r.kind is MessageKind.CONVERSATION_REPLY) is conversed]
+    if not conversed:
+        replies.extend(c.answered_late)
+    return tuple(sorted([_answered(r) for r in replies]))
 
 
 def _answered(record: SentRecord) -> Mark:

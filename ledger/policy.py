@@ -31,6 +31,7 @@ from ledger.campaigns import (
     Campaign,
     CampaignPurpose,
     QuietHours,
+    ReplyWindows,
 )
 from ledger.digest import (
     EPOCH,
@@ -537,12 +538,18 @@ class Check:
         # before that check is held to the limits as well.
         self._conversation = micros_of(min(policy.conversation_window, MAX_CONVERSATION_WINDOW))
         self._confirmation = micros_of(self._window())
-        # A reply is left out of the caps by the window in force when it was sent
-        # (``Campaign.reply_windows``), held to the limit as this one is.
-        windows = campaign.reply_windows or ((EPOCH, self._window()),)
-        self._reply_from = [micros(at) for at, _ in windows]
-        self._reply_windows = [
-            micros_of(min(w, MAX_OPT_OUT_CONFIRMATION_WINDOW)) for _, w in windows
+        # A reply is left out of the caps by the windows in force when it was sent
+        # (``Campaign.reply_windows``), held to the limits as these are.
+        windows = campaign.reply_windows or (
+            ReplyWindows(EPOCH, policy.opt_out_confirmation_window, policy.conversation_window),
+        )
+        self._windows_from = [micros(w.since) for w in windows]
+        self._windows = [
+            (
+                micros_of(min(w.reply, MAX_OPT_OUT_CONFIRMATION_WINDOW)),
+                micros_of(min(w.conversation, MAX_CONVERSATION_WINDOW)),
+            )
+            for w in windows
         ]
         # Rules recorded before a longer window was refused are held to the longest.
         self._first_message = micros_of(min(policy.first_message_window, MAX_FIRST_MESSAGE_WINDOW))
@@ -1288,34 +1295,36 @@ class Check:
         return None
 
     def _counted(self, c: CampaignDigest) -> tuple[Mark, ...]:
-        """The campaign's sends its caps count: ``c.sent`` but the replies that answered
-        a text or opt-out within the reply window in force when sent (``answered_late``)."""
-        if not c.answered_late:
+        """The campaign's sends its caps count: ``c.sent`` but the replies sent within
+        the window in force then after what they answered (``answered_late``)."""
+        if not c.answered_late and not c.conversed:
             return c.sent
         late = self.answered_late(c)
         return tuple([s for s in c.sent if s.event_id not in late])
 
     def answered_late(self, c: CampaignDigest) -> frozenset[str]:
         """The event ids of the replies of ``c`` that the facts' own order leaves out of
-        the caps (``CampaignDigest.answered_late``): each sent within the reply window
-        in force then after the HELP, START or opt-out it answered. One that escaped
-        the caps when recorded but was sent outside that window (a change of the rules
-        dated back shortened it) counts, as one recorded before its text does."""
+        the caps: each sent within the window in force then after the HELP, START or
+        opt-out it answered (``CampaignDigest.answered_late``), or after the text that
+        opened the conversation (``conversed``). One that escaped the caps when
+        recorded but was sent outside that window (a change of the rules dated back
+        shortened it) counts, as one recorded before its text does."""
         sent = {s.event_id: s for s in c.sent}
         return frozenset(
             [
                 m.event_id
-                for m in c.answered_late
+                for marks, conversation in ((c.answered_late, False), (c.conversed, True))
+                for m in marks
                 if (s := sent.get(m.event_id)) is not None
-                and m.at <= s.at <= m.at + self._reply_window_at(s.at)
+                and m.at <= s.at <= m.at + self._window_at(s.at, conversation)
             ]
         )
 
-    def _reply_window_at(self, at: int) -> int:
-        """The reply window in force at ``at``; -1 before the campaign had rules (a
-        reply then earned no exemption)."""
-        place = bisect_right(self._reply_from, at)
-        return self._reply_windows[place - 1] if place else -1
+    def _window_at(self, at: int, conversation: bool) -> int:
+        """The reply window, or with ``conversation`` the conversation window, in force
+        at ``at``; -1 before the campaign had rules (a reply then earned nothing)."""
+        place = bisect_right(self._windows_from, at)
+        return self._windows[place - 1][conversation] if place else -1
 
     def _state_caps_in_force(self, digest: Digest) -> tuple[tuple[StateRule, StateCap, int], ...]:
         """(rule, cap, its window in microseconds) of each candidate state's cap in force

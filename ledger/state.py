@@ -27,6 +27,7 @@ from ledger.campaigns import (
     MAX_OPT_OUT_CONFIRMATION_WINDOW,
     Campaign,
     CampaignPolicy,
+    ReplyWindows,
 )
 from ledger.events import (
     MAX_CLOCK_SKEW,
@@ -198,13 +199,14 @@ class CampaignConsent:
     policy leaves out of the caps the one sent within that window after its text or
     opt-out (``ledger.policy``; ``_answered_before``, ``_confirmed_before``)."""
     escaped: tuple[SentRecord, ...] = ()
-    """Help replies, START confirmations and opt-out confirmations of this campaign
-    that escaped the caps, within the longest cap window, in world order: each owed
-    once (``_owed_reply``, ``_owed_confirmation``), the text or opt-out it answered
-    kept as its ``basis``. The write judged its reply window by the rules then known;
-    a change of the rules dated back before the reply may have shortened it since, so
-    the policy counts one sent outside the window in force when it was sent, as the
-    facts' own order would (``ledger.policy``)."""
+    """Help replies, START confirmations, opt-out confirmations and conversation
+    replies of this campaign that escaped the caps, within the longest cap window, in
+    world order: each owed once (``_owed_reply``, ``_owed_confirmation``) or inside a
+    conversation, the text or opt-out it answered kept as its ``basis``. The write
+    judged its window by the rules then known; a change of the rules dated back
+    before the reply may have shortened it since, so the policy counts one sent
+    outside the window in force when it was sent, as the facts' own order would
+    (``ledger.policy``)."""
 
 
 EMPTY_CAMPAIGN = CampaignConsent()
@@ -541,6 +543,14 @@ def _judged(
         exempt, basis = _owed_reply(s.campaign(f.event.campaign), record)
     elif record.kind is MessageKind.OPT_OUT_CONFIRMATION:
         exempt, basis = _owed_confirmation(s, record, f.event.campaign)
+    elif record.kind is MessageKind.CONVERSATION_REPLY:
+        # Kept with the text that opened the conversation, its window judged again by
+        # the policy (``CampaignConsent.escaped``); a text the ledger holds stamped
+        # after the reply hides that one, and the reply is trusted as recorded.
+        text = s.campaign(f.event.campaign).last_inbound
+        if text is None or text.at > record.at:
+            return True, record
+        return True, _evolve(record, basis=(text,))
     else:
         return True, record
     return exempt, _evolve(record, basis=basis)
@@ -1157,9 +1167,10 @@ class CampaignHistory:
             revoke_all_since=revoke_all_since,
             content_since=content_since,
             reply_windows=tuple(
-                (f.at, f.event.policy.opt_out_confirmation_window)  # type: ignore[attr-defined]
+                ReplyWindows(f.at, p.opt_out_confirmation_window, p.conversation_window)
                 for f in self.versions
                 if t_known is None or f.recorded_at <= t_known
+                for p in (f.event.policy,)  # type: ignore[attr-defined]
             ),
         )
 

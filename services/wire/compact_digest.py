@@ -229,7 +229,8 @@ def _campaign_signature(name: Any, c: Any, vals: list[Any]) -> tuple[Any, ...]:
         resume_stated,
         revocation_imported,
         answered_late,
-    ) = _fields(c, CampaignDigest, 18, "CampaignDigest")
+        conversed,
+    ) = _fields(c, CampaignDigest, 19, "CampaignDigest")
     return (
         _exact(name, str),
         _mark(grant, vals),
@@ -250,6 +251,7 @@ def _campaign_signature(name: Any, c: Any, vals: list[Any]) -> tuple[Any, ...]:
         _mark(last_inbound, vals),
         _exact(revocation_imported, bool),
         _marks(answered_late, vals),
+        _marks(conversed, vals),
     )
 
 
@@ -370,6 +372,7 @@ class _Source:
             resume_stated,
             repr(sig[17]),
             self.marks(sig[18]),
+            self.marks(sig[19]),
         )
         return f"built(CampaignDigest, ({', '.join(fields)}))"
 

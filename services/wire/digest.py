@@ -41,9 +41,9 @@ recorded before the latest consent but stamped after it, 19 no imported mark on
 ``CampaignDigest.revocation`` or ``Digest.brand_revocation`` (an imported opt-out
 read as owing its confirmation here), 20 no ``CampaignDigest.answered_late`` (a
 help reply or opt-out confirmation recorded before its text counted), 21 no reply
-that escaped the caps in ``CampaignDigest.sent`` and ``answered_late`` (one sent
-outside the window a change of the rules dated back gave it counted for nothing,
-``ledger.state.CampaignConsent.escaped``): rows in any of
+that escaped the caps in ``CampaignDigest.sent`` and ``answered_late``, nor
+``conversed`` (one sent outside the window a change of the rules dated back gave it
+counted for nothing, ``ledger.state.CampaignConsent.escaped``): rows in any of
 them are read from their snapshots, which are folded and digested again (a snapshot
 written before 14 may lack an opt-out latest by the time it said: ``consent-ledger
 rebuild`` folds it from the ledger).
@@ -160,6 +160,7 @@ def _campaign(raw: tuple[Any, ...]) -> CampaignDigest:
         resume_stated,
         revocation_imported,
         answered_late,
+        conversed,
     ) = _fields(CampaignDigest, raw)
     return built(
         CampaignDigest,
@@ -182,6 +183,7 @@ def _campaign(raw: tuple[Any, ...]) -> CampaignDigest:
             resume_stated,
             revocation_imported,
             answered_late and tuple([built(Mark, m) for m in answered_late]),
+            conversed and tuple([built(Mark, m) for m in conversed]),
         ),
     )
 

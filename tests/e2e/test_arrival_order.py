@@ -382,21 +382,23 @@ SHIFTING: dict[str, list[Fact]] = {
         ("START", 10 * MINUTE),
         ("reply:start", 9 * MINUTE),
     ],
+    "conversation": [("in", 60 * MINUTE), ("hi, hours?", 10 * MINUTE), ("reply:talk", 9 * MINUTE)],
     "HELP answered at once": [
         ("in", 60 * MINUTE),
         ("HELP", 10 * MINUTE),
         ("reply:help", 10 * MINUTE - timedelta(seconds=20)),
     ],
 }
-"""On shifting (a cap of one a day, a 2-minute reply window): replies sent a minute
-after the text they answer, and one 20 s after it."""
+"""On shifting (a cap of one a day, a 2-minute reply window, a day's conversation
+window): replies sent a minute after the text they answer, and one 20 s after it."""
 
 
 async def test_a_change_of_rules_dated_back_counts_a_reply_sent_outside_its_window(service):
-    """Each reply escaped the cap when recorded, sent inside the 2-minute window. Then
-    a change of the rules dated back before them all shortens the window to 30 s: in
-    the facts' own order a reply sent a minute after its text earned nothing, counts,
-    and the cap of one a day is reached; the one sent 20 s after still escapes it."""
+    """Each reply escaped the cap when recorded, sent inside its window. Then a change
+    of the rules dated back before them all shortens the reply and conversation
+    windows to 30 s: in the facts' own order a reply sent a minute after its text
+    earned nothing, counts, and the cap of one a day is reached; the one sent 20 s
+    after still escapes it."""
     phones = {name: f"+1415558{i:04d}" for i, name in enumerate(SHIFTING)}
     async with client(service.address, "acme-app") as app, client(service.address) as admin:
         w = Writes(app)
@@ -406,7 +408,9 @@ async def test_a_change_of_rules_dated_back_counts_a_reply_sent_outside_its_wind
                 if what == "in":
                     w.wrote(await app.RecordOptIn(opt_in(phone, "acme", "shifting", at)))
                 elif what.startswith("reply:"):
-                    kind = REPLIES[what.split(":")[1]]
+                    kind = {**REPLIES, "talk": lpb.MESSAGE_KIND_CONVERSATION_REPLY}[
+                        what.split(":")[1]
+                    ]
                     message = sent(
                         phone, "acme", "shifting", at, kind=kind, from_number=SHIFTING_FROM
                     )
@@ -431,6 +435,7 @@ async def test_a_change_of_rules_dated_back_counts_a_reply_sent_outside_its_wind
             sender_numbers=[SHIFTING_FROM],
             frequency_caps=[CAP],
             opt_out_confirmation_window=Duration(seconds=30),
+            conversation_window=Duration(seconds=30),
         )
         await admin.ChangeCampaignPolicy(
             api.ChangeCampaignPolicyRequest(

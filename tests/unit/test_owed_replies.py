@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import pytest
 
-from ledger.campaigns import CampaignPolicy, CampaignPurpose, FrequencyCap
+from ledger.campaigns import CampaignPolicy, CampaignPurpose, FrequencyCap, ReplyWindows
 from ledger.commands import (
     REPLY_MESSAGE_KINDS,
     ChangeCampaignPolicy,
@@ -607,6 +607,7 @@ def _recorded_as_written(events, rules):
 
 
 SHORT = timedelta(minutes=2)
+DAY = timedelta(days=1)
 
 
 @pytest.mark.parametrize(
@@ -648,10 +649,11 @@ def test_a_help_reply_recorded_before_its_help_counts_as_it_would_in_order(after
     # The rules in force when it was sent had a shorter window: it counts. A shorter
     # one that took effect after it was sent judged nothing of it.
     shorter = after - timedelta(seconds=1)
-    narrowed = replace(capped, reply_windows=((at(0), shorter),))
+    narrowed = replace(capped, reply_windows=(ReplyWindows(at(0), shorter, DAY),))
     d = decide(reply_first, narrowed, at(20))
     assert not d.allowed and d.reason is Reason.FREQUENCY_CAP_REACHED
-    later = replace(capped, reply_windows=((at(0), SHORT), (at(15), shorter)))
+    windows = (ReplyWindows(at(0), SHORT, DAY), ReplyWindows(at(15), shorter, DAY))
+    later = replace(capped, reply_windows=windows)
     assert decide(reply_first, later, at(20)).allowed is not counts
 
 
@@ -819,23 +821,30 @@ def test_a_start_confirmation_recorded_before_the_consent_it_resumed_meets_no_ob
     assert late[3].exempt is False  # judged without the consent: counts
 
 
-@pytest.mark.parametrize("kind", OWED)
+@pytest.mark.parametrize("kind", [*OWED, MessageKind.CONVERSATION_REPLY])
 @pytest.mark.parametrize(("changed_at", "counts"), [(5, True), (15, False)])
 def test_a_reply_that_escaped_the_caps_counts_once_rules_dated_before_it_shorten_its_window(
     kind, changed_at, counts
 ):
-    """A reply sent a minute after the text or opt-out it answered, under a 2-minute
-    reply window, was recorded as escaping the caps. Then a change of the rules dated
-    before it shortened the window to 30 s: in the facts' own order the reply was sent
-    outside its window, earned nothing and counts, so the send after it is capped. A
-    change that took effect after the reply judged nothing of it."""
-    window = {"opt_out_confirmation_window": timedelta(minutes=2)}
+    """A reply sent a minute after the text or opt-out it answered, inside its window
+    (2 minutes; a conversation's, a day), was recorded as escaping the caps. Then a
+    change of the rules dated before it shortened that window to 30 s: in the facts'
+    own order the reply was sent outside it, earned nothing and counts, so the send
+    after it is capped. A change that took effect after the reply judged nothing of
+    it."""
+    window = "conversation_window" if kind is MessageKind.CONVERSATION_REPLY else None
+    window = window or "opt_out_confirmation_window"
     cap = {"sender_numbers": (NUMBER,), "frequency_caps": (FrequencyCap(1, timedelta(days=1)),)}
-    defined = campaign(**cap, **window)
+    defined = campaign(**cap, opt_out_confirmation_window=SHORT)
     asked = {
         MessageKind.HELP_REPLY: [granted(at(0)), inbound(at(10), "HELP", "promo")],
         MessageKind.OPT_OUT_CONFIRMATION: [granted(at(0)), revoked(at(10))],
-        MessageKind.OPT_IN_CONFIRMATION: [granted(at(0)), revoked(at(5)), resumed(at(10), "promo")],
+        MessageKind.OPT_IN_CONFIRMATION: [
+            granted(at(0)),
+            revoked(at(5)),
+            resumed(at(10), "promo"),
+        ],
+        MessageKind.CONVERSATION_REPLY: [granted(at(0)), inbound(at(10), "hi, hours?", "promo")],
     }[kind]
     reply = sent(at(11), "promo", kind)
     written = _recorded_as_written([*asked, reply], defined)
@@ -843,7 +852,7 @@ def test_a_reply_that_escaped_the_caps_counts_once_rules_dated_before_it_shorten
     state = state_of(*written, granted(at(20)))
     assert decide(state, defined, at(30)).allowed
 
-    shorter = campaign(**cap, opt_out_confirmation_window=timedelta(seconds=30)).policy
+    shorter = campaign(**cap, **{window: timedelta(seconds=30)}).policy
     rules = record(
         [
             CampaignDefined(**_base(at(-60)), brand=BRAND, campaign="promo", policy=defined.policy),
