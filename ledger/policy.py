@@ -1223,7 +1223,7 @@ class Check:
                 self.version,
                 *self._campaign_rule(),
             )
-        sent = self._counted(c)
+        sent = self._counted(digest, c)
         for cap, window in self._caps:
             # A send stamped after now (a sender's clock a little ahead, within the
             # accepted skew) has happened all the same: it counts.
@@ -1275,7 +1275,7 @@ class Check:
             caps = self._state_caps[key] = self._state_caps_in_force(digest)
         if not caps:
             return None
-        now, sent = self._now, self._counted(c)
+        now, sent = self._now, self._counted(digest, c)
         for rule, cap, window in caps:
             counted = [s for s in sent if now - window < s.at]
             if len(counted) >= cap.limit:
@@ -1294,21 +1294,22 @@ class Check:
                 )
         return None
 
-    def _counted(self, c: CampaignDigest) -> tuple[Mark, ...]:
+    def _counted(self, digest: Digest, c: CampaignDigest) -> tuple[Mark, ...]:
         """The campaign's sends its caps count: ``c.sent`` but the replies sent within
         the window in force then after what they answered (``answered_late``)."""
         if not c.answered_late and not c.conversed:
             return c.sent
-        late = self.answered_late(c)
+        late = self.answered_late(digest, c)
         return tuple([s for s in c.sent if s.event_id not in late])
 
-    def answered_late(self, c: CampaignDigest) -> frozenset[str]:
+    def answered_late(self, digest: Digest, c: CampaignDigest) -> frozenset[str]:
         """The event ids of the replies of ``c`` that the facts' own order leaves out of
         the caps: each sent within the window in force then after the HELP, START or
         opt-out it answered (``CampaignDigest.answered_late``), or after the text that
-        opened the conversation (``conversed``). One that escaped the caps when
-        recorded but was sent outside that window (a change of the rules dated back
-        shortened it) counts, as one recorded before its text does."""
+        opened the conversation (``conversed``) and before any opt-out that closed it.
+        One that escaped the caps when recorded but was sent outside that window (a
+        change of the rules dated back shortened it) counts, as one recorded before
+        its text does."""
         sent = {s.event_id: s for s in c.sent}
         return frozenset(
             [
@@ -1317,7 +1318,23 @@ class Check:
                 for m in marks
                 if (s := sent.get(m.event_id)) is not None
                 and m.at <= s.at <= m.at + self._window_at(s.at, conversation)
+                and not (conversation and self._closed_elsewhere(digest, m, s))
             ]
+        )
+
+    def _closed_elsewhere(self, digest: Digest, text: Mark, reply: Mark) -> bool:
+        """Under the revoke-all rule, whether another campaign's latest opt-out was placed
+        at or after ``text`` (that opened a conversation) and no later than ``reply``
+        in it: in the facts' own order it closed the conversation (``_conversation_open``;
+        the fold counts the reply for the campaign's own and the brand's opt-outs)."""
+        if not self._revoke_all:
+            return False
+        own = self.campaign.campaign
+        return any(
+            r is not None and not r.before(text) and r.at <= reply.at
+            for name, other in digest.campaigns.items()
+            if name != own
+            for r in (other.revocation,)
         )
 
     def _window_at(self, at: int, conversation: bool) -> int:
@@ -1410,7 +1427,8 @@ def answered_late(
     then, of ``rules`` (its brand's campaign facts): the proof packet and the sweep
     judge those replies owed, as the caps do."""
     found: set[str] = set()
-    for name, c in digest_of(state).campaigns.items():
+    digest = digest_of(state)
+    for name, c in digest.campaigns.items():
         if not c.answered_late:
             continue
         facts = [
@@ -1420,7 +1438,7 @@ def answered_late(
         ]
         current = fold_campaign(facts, CampaignHistory()).as_of(now)
         if current is not None:
-            found |= Check(current, now).answered_late(c)
+            found |= Check(current, now).answered_late(digest, c)
     return frozenset(found)
 
 

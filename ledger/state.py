@@ -422,7 +422,39 @@ def _apply_revoked(s: SubscriberState, f: Fact[ConsentRevoked]) -> SubscriberSta
                 revocation_said=_later_stated(c.revocation_said, f),
             ),
         )
-    return _confirmed_before(s, f)
+    return _confirmed_before(_closed_by(s, f), f)
+
+
+def _closed_by(s: SubscriberState, f: Fact[ConsentRevoked]) -> SubscriberState:
+    """``s`` with the conversation replies that escaped the caps (``escaped``) counted
+    where the opt-out ``f`` was placed after the text that opened their conversation
+    and no later than the reply: recorded after the reply, it closed that
+    conversation in the facts' own order, and the reply earned nothing."""
+    campaign = f.event.campaign
+
+    def closed(c: CampaignConsent) -> CampaignConsent:
+        shut = [
+            r
+            for r in c.escaped
+            if r.kind is MessageKind.CONVERSATION_REPLY and r.basis[0].key <= f.key and f.at <= r.at
+        ]
+        if not shut:
+            return c
+        latest, sent = c.last_sent, c.sent
+        for record in shut:
+            latest = _latest_record(latest, record) if latest is not None else record
+            sent = _with_send(sent, record, latest.at)
+        escaped = tuple([r for r in c.escaped if r not in shut])
+        return _evolve(c, escaped=escaped, sent=sent, last_sent=latest)
+
+    changed = {
+        name: after
+        for name, c in s.campaigns.items()
+        if c.escaped and campaign in (None, name) and (after := closed(c)) is not c
+    }
+    if not changed:
+        return s
+    return _evolve(s, campaigns=MappingProxyType({**s.campaigns, **changed}))
 
 
 def _reconfirmed_by(record: SentRecord, f: Fact[ConsentRevoked]) -> bool:

@@ -450,3 +450,28 @@ async def test_a_change_of_rules_dated_back_counts_a_reply_sent_outside_its_wind
         expected = {name: capped for name in SHIFTING}
         expected["HELP answered at once"] = active
         assert await reasons() == expected
+
+
+@pytest.mark.parametrize(("stop_ago", "counted"), [(9.5, True), (8, False)])
+async def test_an_opt_out_dated_inside_a_conversation_counts_its_reply(service, stop_ago, counted):
+    """A text to capped's number, and a conversation reply a minute later that escaped
+    the cap when recorded; then an opt-out dated between the two (recorded after the
+    reply) and an opt-in again: in the facts' own order the opt-out closed the
+    conversation, the reply earned nothing, and the cap of one a day is reached. An
+    opt-out dated after the reply leaves it out."""
+    phone = f"+14155570{int(stop_ago * 10):03d}"
+    now = CLOCK.now
+    async with client(service.address, "acme-app") as app:
+        w = Writes(app)
+        w.wrote(await app.RecordOptIn(opt_in(phone, "acme", "capped", now - 60 * MINUTE)))
+        text = inbound(phone, CAPPED_FROM, "hi, hours?", now - 10 * MINUTE)
+        w.wrote(await app.HandleInboundMessage(text))
+        kind = lpb.MESSAGE_KIND_CONVERSATION_REPLY
+        reply = sent(phone, "acme", "capped", now - 9 * MINUTE, kind=kind, from_number=CAPPED_FROM)
+        w.wrote(await app.RecordMessageSent(reply))
+        w.wrote(await app.RecordOptOut(opt_out(phone, "acme", "capped", now - stop_ago * MINUTE)))
+        w.wrote(await app.RecordOptIn(opt_in(phone, "acme", "capped", now - MINUTE)))
+        ask = dict(phone=phone, brand="acme", campaign="capped", at_least_as_fresh=w.token.encode())
+        answer = await app.CanSend(api.CanSendRequest(**ask))
+    expected = "REASON_FREQUENCY_CAP_REACHED" if counted else "REASON_CONSENT_ACTIVE"
+    assert api.Reason.Name(answer.reason) == expected

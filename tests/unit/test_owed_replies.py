@@ -876,3 +876,45 @@ def test_a_reply_that_escaped_the_caps_counts_once_rules_dated_before_it_shorten
     # What was known before the change was recorded allowed the send.
     assert decide(state, history.as_of(at(30), at(24)), at(30)).allowed
     assert fold(retained_facts(state)) == state
+
+
+@pytest.mark.parametrize(
+    ("stop_at", "of", "revoke_all", "counts"),
+    [
+        (10.5, "promo", False, True),
+        (10.5, None, False, True),
+        (10, "promo", False, True),
+        (12, "promo", False, False),
+        (10.5, "news", True, True),
+        (12, "news", True, False),
+        (10.5, "news", False, False),
+    ],
+)
+def test_an_opt_out_placed_inside_a_conversation_before_its_reply_counts_the_reply(
+    stop_at, of, revoke_all, counts
+):
+    """A text, and a conversation reply a minute after it recorded as escaping the caps;
+    then an opt-out recorded after the reply but placed between the two (or at the
+    text): in the facts' own order it closed the conversation, so the reply earned
+    nothing and counts once the person opts in again. So does another campaign's
+    under the revoke-all rule. One placed after the reply changes nothing."""
+    capped = campaign(
+        sender_numbers=(NUMBER,),
+        frequency_caps=(FrequencyCap(1, timedelta(days=1)),),
+        revoke_all=revoke_all,
+    )
+    text = inbound(at(10), "hi, hours?", "promo")
+    reply = sent(at(11), "promo", MessageKind.CONVERSATION_REPLY)
+    written = _recorded_as_written([granted(at(0)), text, reply], capped)
+    assert written[-1].exempt is True
+    stop, again = revoked(at(stop_at), of), granted(at(20))
+    state = state_of(*written, stop, again)
+    d = decide(state, capped, at(30))
+    assert d.allowed is not counts, d
+    if counts:
+        assert d.reason is Reason.FREQUENCY_CAP_REACHED
+        assert str(reply.event_id) in d.evidence
+    in_order = sorted([granted(at(0)), text, reply, stop], key=lambda e: e.occurred_at)
+    ordered = state_of(*_recorded_as_written(in_order, capped), again)
+    assert decide(ordered, capped, at(30)).allowed is not counts
+    assert fold(retained_facts(state)) == state
