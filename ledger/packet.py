@@ -606,9 +606,14 @@ def _retains(state: SubscriberState) -> bool:
 
 def in_hindsight(then: Decision, later: Decision) -> Decision | None:
     """``later`` (a send's answer in hindsight, ``replays``) when it tells otherwise
-    than ``then``, as the packet shows it; None when it tells the same. The compliance
-    sweep (``ledger.sweep``) finds a send by the same rule, so the two agree."""
+    than ``then``, as the packet shows it: another answer, or, both allowing, one that
+    owes what ``then`` did not (a reply recorded before the HELP it answered stood as
+    the first message, and the send after it owed the opt-out language in order);
+    None when it tells the same. The compliance sweep (``ledger.sweep``) finds a send
+    by the same rule, so the two agree."""
     if (later.allowed, later.reason) != (then.allowed, then.reason):
+        return later
+    if later.allowed and not set(later.obligations) <= set(then.obligations):
         return later
     return None
 

@@ -116,8 +116,7 @@ class Finding:
     """The answer the finding stands on: the one in hindsight when ``hindsight``,
     else the one ``CanSend`` gives for the moment of the send (``Sweep``)."""
     unmet: tuple[Obligation, ...] = ()
-    """The obligations of an allowed answer as recorded that the send says it did
-    not meet."""
+    """The obligations of an allowed ``decision`` that the send says it did not meet."""
     hindsight: bool = False
     """The answer is one in hindsight: from every fact of the number the sweep read,
     the send itself left out, as the proof packet's ``hindsight`` (``Sweep.review``):
@@ -370,8 +369,10 @@ class Sweep:
                 # A reply recorded before the HELP or opt-out it answered (the one send a
                 # later fact allows, ``replays``): judged by the answer in hindsight,
                 # which CanSend counts it by, in place of the one as recorded.
+                # So is a send that owed more in hindsight than as recorded.
                 owed = judge(sent, changed)
-                late = Finding(sent, owed.kinds if owed else (), changed, (), True, then)
+                kinds, unmet = (owed.kinds, owed.unmet) if owed else ((), ())
+                late = Finding(sent, kinds, changed, unmet, True, then)
             elif changed is not None:
                 kinds = (_DENIALS.get(changed.reason, FindingKind.NOT_ALLOWED),)
                 late = Finding(sent, kinds, changed, (), True, then, kinds)

@@ -25,7 +25,7 @@ from ledger.events import (
     SubscriberLocated,
 )
 from ledger.packet import assemble
-from ledger.policy import Reason, decide
+from ledger.policy import Obligation, Reason, decide
 from ledger.state import CampaignHistory, fold, fold_campaign
 from ledger.sweep import Finding, FindingKind, Sweep, sweep
 from tests.builders import (
@@ -373,3 +373,50 @@ def test_a_reply_recorded_before_its_text_is_judged_as_the_caps_count_it(
             Reason.REPLY_NOT_OWED,
             Reason.OPT_OUT_CONFIRMATION_NOT_ALLOWED,
         )
+
+
+@pytest.mark.parametrize("disclosed", [False, True])
+def test_a_send_that_owed_the_opt_out_language_in_order_is_found_in_hindsight(disclosed: bool):
+    """A help reply with the opt-out language recorded before the HELP it answered,
+    then a regular send: as recorded, the reply was the first message and the send
+    owed no opt-out language. Once the HELP comes, the reply is its answer and the
+    send was the first message, which owes the language in the facts' own order: a
+    send without it is found (obligations unmet, in hindsight), as the proof packet
+    marks it, and as a sweep of the facts in order finds it as recorded."""
+    reply = asked(
+        dataclasses.replace(sent(at(10.5), "promo", MessageKind.HELP_REPLY), exempt=False)
+    )
+    message = asked(sent(at(11), disclosed=disclosed))
+    help_ = inbound(at(10), "HELP", "promo")
+    rules = _rules(_defined(opt_out_confirmation_window=timedelta(minutes=2)))
+    history = _promo(rules)
+    events = [granted(at(-600)), reply, message, help_]
+    stream = _in_ledger_order(events, [at(-600), at(10.5), at(11), at(15)])
+    as_recorded = _in_ledger_order(events[:3], [at(-600), at(10.5), at(11)])
+
+    def of_the_send(events: list[Recorded]) -> list[Finding]:
+        found = sweep(events, history, BRAND, "promo", START, END, NOW)
+        return [f for f in found if f.sent.event.event_id == message.event_id]
+
+    assert of_the_send(as_recorded) == []
+    found = of_the_send(stream)
+    in_order = _in_ledger_order(
+        [granted(at(-600)), help_, dataclasses.replace(reply, exempt=True), message],
+        [at(-600), at(10), at(10.5), at(11)],
+    )
+    found_in_order = of_the_send(in_order)
+    packet = assemble([*stream, *rules], PHONE, BRAND, "promo", NOW).messages
+    (shown,) = [m for m in packet if m.message_id == message.message_id]
+    # The packet shows what the send owed in hindsight, met or not.
+    assert shown.hindsight is not None and shown.hindsight.allowed
+    assert Obligation.INCLUDE_OPT_OUT_LANGUAGE.value in shown.hindsight.obligations
+    assert Obligation.INCLUDE_OPT_OUT_LANGUAGE.value not in shown.decision.obligations
+    if disclosed:
+        assert found == found_in_order == []
+        return
+    (finding,) = found
+    assert finding.sent.event is message and finding.hindsight
+    assert finding.kinds == (FindingKind.OBLIGATIONS_UNMET,)
+    (ordered,) = found_in_order
+    assert ordered.kinds == (FindingKind.OBLIGATIONS_UNMET,) and not ordered.hindsight
+    assert finding.unmet == ordered.unmet == (Obligation.INCLUDE_OPT_OUT_LANGUAGE,)
