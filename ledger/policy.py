@@ -538,19 +538,6 @@ class Check:
         # before that check is held to the limits as well.
         self._conversation = micros_of(min(policy.conversation_window, MAX_CONVERSATION_WINDOW))
         self._confirmation = micros_of(self._window())
-        # A reply is left out of the caps by the windows in force when it was sent
-        # (``Campaign.reply_windows``), held to the limits as these are.
-        windows = campaign.reply_windows or (
-            ReplyWindows(EPOCH, policy.opt_out_confirmation_window, policy.conversation_window),
-        )
-        self._windows_from = [micros(w.since) for w in windows]
-        self._windows = [
-            (
-                micros_of(min(w.reply, MAX_OPT_OUT_CONFIRMATION_WINDOW)),
-                micros_of(min(w.conversation, MAX_CONVERSATION_WINDOW)),
-            )
-            for w in windows
-        ]
         # Rules recorded before a longer window was refused are held to the longest.
         self._first_message = micros_of(min(policy.first_message_window, MAX_FIRST_MESSAGE_WINDOW))
         self._reconfirm = (
@@ -1340,8 +1327,26 @@ class Check:
     def _window_at(self, at: int, conversation: bool) -> int:
         """The reply window, or with ``conversation`` the conversation window, in force
         at ``at``; -1 before the campaign had rules (a reply then earned nothing)."""
-        place = bisect_right(self._windows_from, at)
-        return self._windows[place - 1][conversation] if place else -1
+        since, windows = self._reply_windows
+        place = bisect_right(since, at)
+        return windows[place - 1][conversation] if place else -1
+
+    @functools.cached_property
+    def _reply_windows(self) -> tuple[list[int], list[tuple[int, int]]]:
+        """When each version of the rules took effect, and its reply and conversation
+        windows, held to the limits as this version's are (``Campaign.reply_windows``):
+        worked out only for a digest that holds a reply to judge."""
+        policy = self.policy
+        windows = self.campaign.reply_windows or (
+            ReplyWindows(EPOCH, policy.opt_out_confirmation_window, policy.conversation_window),
+        )
+        return [micros(w.since) for w in windows], [
+            (
+                micros_of(min(w.reply, MAX_OPT_OUT_CONFIRMATION_WINDOW)),
+                micros_of(min(w.conversation, MAX_CONVERSATION_WINDOW)),
+            )
+            for w in windows
+        ]
 
     def _state_caps_in_force(self, digest: Digest) -> tuple[tuple[StateRule, StateCap, int], ...]:
         """(rule, cap, its window in microseconds) of each candidate state's cap in force
