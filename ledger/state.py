@@ -426,23 +426,24 @@ def _apply_revoked(s: SubscriberState, f: Fact[ConsentRevoked]) -> SubscriberSta
 
 
 def _closed_by(s: SubscriberState, f: Fact[ConsentRevoked]) -> SubscriberState:
-    """``s`` with the conversation replies that escaped the caps (``escaped``) counted
-    where the opt-out ``f`` was placed after the text that opened their conversation
-    and no later than the reply: recorded after the reply, it closed that
-    conversation in the facts' own order, and the reply earned nothing."""
+    """``s`` with the conversation replies and START confirmations that escaped the caps
+    (``escaped``) counted where the opt-out ``f`` was placed after the text that
+    opened their conversation (the START they confirm) and no later than the reply:
+    recorded after the reply, it closed that conversation (ended what the START
+    resumed) in the facts' own order, and the reply earned nothing."""
     campaign = f.event.campaign
 
     def closed(c: CampaignConsent) -> CampaignConsent:
         shut = [
             r
             for r in c.escaped
-            if r.kind is MessageKind.CONVERSATION_REPLY and r.basis[0].key <= f.key and f.at <= r.at
+            if r.kind in _CLOSED_BY_AN_OPT_OUT and r.basis[0].key <= f.key and f.at <= r.at
         ]
         if not shut:
             return c
         latest, sent = c.last_sent, c.sent
         for record in shut:
-            latest = _latest_record(latest, record) if latest is not None else record
+            latest = _latest_record(latest, record)
             sent = _with_send(sent, record, latest.at)
         escaped = tuple([r for r in c.escaped if r not in shut])
         return _evolve(c, escaped=escaped, sent=sent, last_sent=latest)
@@ -455,6 +456,10 @@ def _closed_by(s: SubscriberState, f: Fact[ConsentRevoked]) -> SubscriberState:
     if not changed:
         return s
     return _evolve(s, campaigns=MappingProxyType({**s.campaigns, **changed}))
+
+
+_CLOSED_BY_AN_OPT_OUT = frozenset({MessageKind.CONVERSATION_REPLY, MessageKind.OPT_IN_CONFIRMATION})
+"""Replies an opt-out placed between them and what earned them leaves unearned."""
 
 
 def _reconfirmed_by(record: SentRecord, f: Fact[ConsentRevoked]) -> bool:

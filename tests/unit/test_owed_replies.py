@@ -918,3 +918,30 @@ def test_an_opt_out_placed_inside_a_conversation_before_its_reply_counts_the_rep
     ordered = state_of(*_recorded_as_written(in_order, capped), again)
     assert decide(ordered, capped, at(30)).allowed is not counts
     assert fold(retained_facts(state)) == state
+
+
+@pytest.mark.parametrize(
+    ("stop_at", "of", "counts"),
+    [(10.5, "promo", True), (10.5, None, True), (12, "promo", False), (8, "promo", False)],
+)
+def test_an_opt_out_placed_between_a_start_and_its_confirmation_counts_it(stop_at, of, counts):
+    """A START resumed the consent and its confirmation, sent a minute later, escaped the
+    caps; then an opt-out recorded after the confirmation but placed between the two:
+    in the facts' own order the START resumed nothing that still stood when the
+    confirmation went out, so it earned nothing and counts once the person opts in
+    again. One placed after the confirmation, or before the START, changes nothing."""
+    capped = campaign(
+        sender_numbers=(NUMBER,), frequency_caps=(FrequencyCap(1, timedelta(days=1)),)
+    )
+    start = [granted(at(0)), revoked(at(5)), resumed(at(10), "promo")]
+    reply = sent(at(11), "promo", MessageKind.OPT_IN_CONFIRMATION)
+    written = _recorded_as_written([*start, reply], capped)
+    assert written[-1].exempt is True
+    stop, again = revoked(at(stop_at), of), granted(at(20))
+    state = state_of(*written, stop, again)
+    d = decide(state, capped, at(30))
+    assert d.allowed is not counts, d
+    in_order = sorted([*start, reply, stop], key=lambda e: e.occurred_at)
+    ordered = state_of(*_recorded_as_written(in_order, capped), again)
+    assert decide(ordered, capped, at(30)).allowed is not counts
+    assert fold(retained_facts(state)) == state
