@@ -64,6 +64,7 @@ KINDS = {
     "help": lpb.MESSAGE_KIND_HELP_REPLY,
     "optout-conf": lpb.MESSAGE_KIND_OPT_OUT_CONFIRMATION,
     "optin-conf": lpb.MESSAGE_KIND_OPT_IN_CONFIRMATION,
+    "talk": lpb.MESSAGE_KIND_CONVERSATION_REPLY,
 }
 SENDS = {
     "help": lpb.MESSAGE_KIND_HELP_REPLY,
@@ -71,16 +72,18 @@ SENDS = {
     "sconf": lpb.MESSAGE_KIND_OPT_IN_CONFIRMATION,
     "send": lpb.MESSAGE_KIND_REGULAR,
     "bare": lpb.MESSAGE_KIND_REGULAR,  # without opt-out language
+    "talk": lpb.MESSAGE_KIND_CONVERSATION_REPLY,
 }
 # The campaign a history whose rules change between the facts is given, per order.
 WIN = "win"
 
 # A fact: (kind, minutes before the service's now). Kinds: in:<c>; a text
-# HELP:<c>, STOP:<c>, STOPALL:<c>, START:<c> to <c>'s number; a send of <c>:
-# help:<c> (a HELP's reply), conf:<c> (an opt-out's confirmation), sconf:<c> (a
-# START's), send:<c> (regular), bare:<c> (regular, no opt-out language); rules:<c>:<s>
-# (ChangeCampaignPolicy: reply window of s seconds). Listed in the facts' own order;
-# one marked "=" first is delivered first in every order.
+# HELP:<c>, STOP:<c>, STOPALL:<c>, START:<c>, hi:<c> (a question) to <c>'s number; a
+# send of <c>: help:<c> (a HELP's reply), conf:<c> (an opt-out's confirmation),
+# sconf:<c> (a START's), talk:<c> (a conversation reply), send:<c> (regular), bare:<c>
+# (regular, no opt-out language); rules:<c>:<s> (ChangeCampaignPolicy: reply window of
+# s seconds), crules:<c>:<s> (conversation window of s seconds). Listed in the facts'
+# own order; one marked "=" first is delivered first in every order.
 HISTORIES: dict[str, list[tuple[str, float]]] = {
     "help-reply-send": [("in:cap1", 60), ("HELP:cap1", 4), ("help:cap1", 3), ("send:cap1", 2)],
     "help-reply-out-of-window-send": [
@@ -213,6 +216,27 @@ HISTORIES: dict[str, list[tuple[str, float]]] = {
         ("conf:cap2", 5),
         ("in:cap2", 2),
     ],
+    "talk-window-shortened": [
+        ("in:win", 60),
+        ("hi:win", 4),
+        ("crules:win:30", 3.5),
+        ("talk:win", 3),
+    ],
+    "talk-stop-inside": [
+        ("in:cap1", 60),
+        ("hi:cap1", 6),
+        ("STOP:cap1", 5.5),
+        ("talk:cap1", 5),
+        ("in:cap1", 2),
+    ],
+    "start-stop-inside": [
+        ("=in:cap1", 60),
+        ("STOP:cap1", 8),
+        ("START:cap1", 6),
+        ("STOP:cap1", 5.5),
+        ("sconf:cap1", 5),
+        ("in:cap1", 2),
+    ],
     "stop-conf-window-shortened": [
         ("in:win", 60),
         ("STOP:win", 6),
@@ -243,14 +267,16 @@ async def deliver(
     try:
         if what == "in":
             led.wrote(await led.c.RecordOptIn(opt_in(phone, "acme", name, at)))
-        elif what in ("HELP", "STOP", "STOPALL", "START"):
+        elif what in ("HELP", "STOP", "STOPALL", "START", "hi"):
             to = NUMBERS.get(name) or names["number"]
-            led.wrote(await led.c.HandleInboundMessage(inbound(phone, to, what, at)))
-        elif what == "rules":
+            body = "hi, what are your hours?" if what == "hi" else what
+            led.wrote(await led.c.HandleInboundMessage(inbound(phone, to, body, at)))
+        elif what in ("rules", "crules"):
+            window = "opt_out_confirmation_window" if what == "rules" else "conversation_window"
             policy = lpb.CampaignPolicy(
                 sender_numbers=[names["number"]],
                 frequency_caps=[lpb.FrequencyCap(limit=1, window=DAY)],
-                opt_out_confirmation_window=Duration(seconds=int(arg)),
+                **{window: Duration(seconds=int(arg))},
             )
             await admin.ChangeCampaignPolicy(
                 api.ChangeCampaignPolicyRequest(
