@@ -439,14 +439,7 @@ def _closed_by(s: SubscriberState, f: Fact[ConsentRevoked]) -> SubscriberState:
             for r in c.escaped
             if r.kind in _CLOSED_BY_AN_OPT_OUT and r.basis[0].key <= f.key and f.at <= r.at
         ]
-        if not shut:
-            return c
-        latest, sent = c.last_sent, c.sent
-        for record in shut:
-            latest = _latest_record(latest, record)
-            sent = _with_send(sent, record, latest.at)
-        escaped = tuple([r for r in c.escaped if r not in shut])
-        return _evolve(c, escaped=escaped, sent=sent, last_sent=latest)
+        return _unescaped(c, shut) if shut else c
 
     changed = {
         name: after
@@ -456,6 +449,17 @@ def _closed_by(s: SubscriberState, f: Fact[ConsentRevoked]) -> SubscriberState:
     if not changed:
         return s
     return _evolve(s, campaigns=MappingProxyType({**s.campaigns, **changed}))
+
+
+def _unescaped(c: CampaignConsent, replies: Collection[SentRecord]) -> CampaignConsent:
+    """``c`` with ``replies`` (of ``escaped``) counted: among the sends the caps count,
+    as neither the first message nor the send that carried the opt-out language."""
+    latest, sent = c.last_sent, c.sent
+    for record in replies:
+        latest = _latest_record(latest, record)
+        sent = _with_send(sent, record, latest.at)
+    escaped = tuple([r for r in c.escaped if r not in replies])
+    return _evolve(c, escaped=escaped, sent=sent, last_sent=latest)
 
 
 _CLOSED_BY_AN_OPT_OUT = frozenset({MessageKind.CONVERSATION_REPLY, MessageKind.OPT_IN_CONFIRMATION})
@@ -1000,9 +1004,15 @@ def _apply_erased(s: SubscriberState, f: Fact[SubjectErased]) -> SubscriberState
     def before(fact: Fact[Any] | None) -> Fact[Any] | None:
         return None if fact is None or fact.key < at or _sealed_by(fact, erased) else fact
 
+    def unearned(c: CampaignConsent) -> CampaignConsent:
+        """A reply placed after the erasure answered a text or opt-out it forgets: in
+        the facts' own order it earned nothing, and counts."""
+        forgotten = [r for r in c.escaped if r.fact.key >= at and before(r.basis[0]) is None]
+        return _unescaped(c, forgotten) if forgotten else c
+
     campaigns = {
         name: _evolve(
-            c,
+            unearned(c),
             grant=before(c.grant),
             resume=before(c.resume),
             reconfirmation=before(c.reconfirmation),

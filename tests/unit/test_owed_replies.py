@@ -945,3 +945,29 @@ def test_an_opt_out_placed_between_a_start_and_its_confirmation_counts_it(stop_a
     ordered = state_of(*_recorded_as_written(in_order, capped), again)
     assert decide(ordered, capped, at(30)).allowed is not counts
     assert fold(retained_facts(state)) == state
+
+
+@pytest.mark.parametrize(("erased_at", "counts"), [(10.5, True), (12, False)])
+def test_a_reply_placed_after_an_erasure_of_its_help_counts(erased_at, counts):
+    """A help reply that escaped the caps, then an erasure recorded after it but placed
+    between the HELP and the reply: in the facts' own order the reply answered a
+    HELP the erasure had forgotten, earned nothing, and counts under a new consent.
+    An erasure placed after the reply changes nothing of it."""
+    capped = campaign(
+        sender_numbers=(NUMBER,), frequency_caps=(FrequencyCap(1, timedelta(days=1)),)
+    )
+    asked = [granted(at(0)), inbound(at(10), "HELP", "promo")]
+    reply = sent(at(11), "promo", MessageKind.HELP_REPLY)
+    written = _recorded_as_written([*asked, reply], capped)
+    assert written[-1].exempt is True
+    erasure = SubjectErased(
+        event_id=uuid.uuid4(), occurred_at=at(erased_at), phone=PHONE, brand=BRAND
+    )
+    again = granted(at(20))
+    state = state_of(*written, erasure, again)
+    d = decide(state, capped, at(30))
+    assert d.allowed is not counts, d
+    in_order = sorted([*asked, reply, erasure], key=lambda e: e.occurred_at)
+    ordered = state_of(*_recorded_as_written(in_order, capped), again)
+    assert decide(ordered, capped, at(30)).allowed is not counts
+    assert fold(retained_facts(state)) == state
