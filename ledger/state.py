@@ -1078,8 +1078,10 @@ def apply(state: SubscriberState, recorded: Recorded) -> SubscriberState:
 def exemptions_not_granted(history: Iterable[Recorded]) -> set[str]:
     """The ids of the sends in ``history`` (one phone's facts, of any brands, in ledger
     order) recorded as exempt from the caps (``MessageSent.exempt`` true, or a reply
-    recorded before it was decided) that the fold counts all the same: what the
-    stored flag says of them is the judgement at the write, not what CanSend counts.
+    recorded before it was decided) that the fold counts all the same, judged at the
+    write or counted once an opt-out or erasure placed before it came (``_closed_by``,
+    ``_unescaped``): what the stored flag says of them is the judgement at the write,
+    not what CanSend counts.
     Facts under another spelling of the number (``ledger.phone.forms_stored_before``)
     are the number's, as CanSend folds them (``ledger.policy.as_one_number``)."""
     states: dict[str, SubscriberState] = {}
@@ -1097,8 +1099,15 @@ def exemptions_not_granted(history: Iterable[Recorded]) -> set[str]:
             record = SentRecord(f.at, event.kind, f.event_id, event.message_id, f)
             if not _holds(state.brand_sent, record) and not _judged(state, f, record)[0]:
                 found.add(f.event_id)
-        states[event.brand] = apply(state, recorded)
+        after = states[event.brand] = apply(state, recorded)
+        if isinstance(event, ConsentRevoked | SubjectErased):
+            # A reply that escaped, counted once this fact placed before it came.
+            found.update(_escaped_ids(state) - _escaped_ids(after))
     return found
+
+
+def _escaped_ids(state: SubscriberState) -> set[str]:
+    return {r.event_id for c in state.campaigns.values() for r in c.escaped}
 
 
 def fold(events: Iterable[Recorded], state: SubscriberState | None = None) -> SubscriberState:

@@ -909,6 +909,10 @@ def test_an_opt_out_placed_inside_a_conversation_before_its_reply_counts_the_rep
     assert written[-1].exempt is True
     stop, again = revoked(at(stop_at), of), granted(at(20))
     state = state_of(*written, stop, again)
+    # The fold counts it for the campaign's own or the brand's opt-out; another
+    # campaign's, under the revoke-all rule, is the policy's to read.
+    not_granted = exemptions_not_granted(record([*written, stop, again]))
+    assert (str(reply.event_id) in not_granted) is (counts and of in (None, "promo"))
     d = decide(state, capped, at(30))
     assert d.allowed is not counts, d
     if counts:
@@ -939,6 +943,10 @@ def test_an_opt_out_placed_between_a_start_and_its_confirmation_counts_it(stop_a
     assert written[-1].exempt is True
     stop, again = revoked(at(stop_at), of), granted(at(20))
     state = state_of(*written, stop, again)
+    # The fold counts it for the campaign's own or the brand's opt-out; another
+    # campaign's, under the revoke-all rule, is the policy's to read.
+    not_granted = exemptions_not_granted(record([*written, stop, again]))
+    assert (str(reply.event_id) in not_granted) is (counts and of in (None, "promo"))
     d = decide(state, capped, at(30))
     assert d.allowed is not counts, d
     in_order = sorted([*start, reply, stop], key=lambda e: e.occurred_at)
@@ -965,6 +973,8 @@ def test_a_reply_placed_after_an_erasure_of_its_help_counts(erased_at, counts):
     )
     again = granted(at(20))
     state = state_of(*written, erasure, again)
+    not_granted = exemptions_not_granted(record([*written, erasure, again]))
+    assert (str(reply.event_id) in not_granted) is counts
     d = decide(state, capped, at(30))
     assert d.allowed is not counts, d
     in_order = sorted([*asked, reply, erasure], key=lambda e: e.occurred_at)
