@@ -422,22 +422,22 @@ def _apply_revoked(s: SubscriberState, f: Fact[ConsentRevoked]) -> SubscriberSta
                 revocation_said=_later_stated(c.revocation_said, f),
             ),
         )
-    return _confirmed_before(_closed_by(s, f), f)
+    return _confirmed_before(_closed_by(s, f, f.event.campaign, _CLOSED_BY_AN_OPT_OUT), f)
 
 
-def _closed_by(s: SubscriberState, f: Fact[ConsentRevoked]) -> SubscriberState:
-    """``s`` with the conversation replies and START confirmations that escaped the caps
-    (``escaped``) counted where the opt-out ``f`` was placed after the text that
-    opened their conversation (the START they confirm) and no later than the reply:
-    recorded after the reply, it closed that conversation (ended what the START
+def _closed_by(
+    s: SubscriberState, f: Fact[Any], campaign: str | None, kinds: frozenset[MessageKind]
+) -> SubscriberState:
+    """``s`` with the replies of ``kinds`` that escaped the caps (``escaped``) in
+    ``campaign`` (every campaign, when None) counted where ``f`` (an opt-out, a reply
+    held for review) was placed after what earned them (the text that opened their
+    conversation, the START they confirm) and no later than the reply: recorded
+    after the reply, it closed that conversation (ended or held what the START
     resumed) in the facts' own order, and the reply earned nothing."""
-    campaign = f.event.campaign
 
     def closed(c: CampaignConsent) -> CampaignConsent:
         shut = [
-            r
-            for r in c.escaped
-            if r.kind in _CLOSED_BY_AN_OPT_OUT and r.basis[0].key <= f.key and f.at <= r.at
+            r for r in c.escaped if r.kind in kinds and r.basis[0].key <= f.key and f.at <= r.at
         ]
         return _unescaped(c, shut) if shut else c
 
@@ -464,6 +464,10 @@ def _unescaped(c: CampaignConsent, replies: Collection[SentRecord]) -> CampaignC
 
 _CLOSED_BY_AN_OPT_OUT = frozenset({MessageKind.CONVERSATION_REPLY, MessageKind.OPT_IN_CONFIRMATION})
 """Replies an opt-out placed between them and what earned them leaves unearned."""
+
+_HELD_BY_A_HOLD = frozenset({MessageKind.OPT_IN_CONFIRMATION})
+"""Replies a reply held for review placed between them and their START leaves
+unearned: a START lifts no hold (``ledger.policy``)."""
 
 
 def _reconfirmed_by(record: SentRecord, f: Fact[ConsentRevoked]) -> bool:
@@ -923,6 +927,7 @@ def _apply_inbound(s: SubscriberState, f: Fact[InboundMessageReceived]) -> Subsc
 
 
 def _apply_flagged(s: SubscriberState, f: Fact[RevocationCandidateFlagged]) -> SubscriberState:
+    s = _closed_by(s, f, None, _HELD_BY_A_HOLD)
     return _evolve(s, candidates=MappingProxyType({**s.candidates, f.event_id: f}))
 
 
@@ -1079,9 +1084,9 @@ def exemptions_not_granted(history: Iterable[Recorded]) -> set[str]:
     """The ids of the sends in ``history`` (one phone's facts, of any brands, in ledger
     order) recorded as exempt from the caps (``MessageSent.exempt`` true, or a reply
     recorded before it was decided) that the fold counts all the same, judged at the
-    write or counted once an opt-out or erasure placed before it came (``_closed_by``,
-    ``_unescaped``): what the stored flag says of them is the judgement at the write,
-    not what CanSend counts.
+    write or counted once an opt-out, a hold or an erasure placed before it came
+    (``_closed_by``, ``_unescaped``): what the stored flag says of them is the
+    judgement at the write, not what CanSend counts.
     Facts under another spelling of the number (``ledger.phone.forms_stored_before``)
     are the number's, as CanSend folds them (``ledger.policy.as_one_number``)."""
     states: dict[str, SubscriberState] = {}
@@ -1100,7 +1105,7 @@ def exemptions_not_granted(history: Iterable[Recorded]) -> set[str]:
             if not _holds(state.brand_sent, record) and not _judged(state, f, record)[0]:
                 found.add(f.event_id)
         after = states[event.brand] = apply(state, recorded)
-        if isinstance(event, ConsentRevoked | SubjectErased):
+        if isinstance(event, ConsentRevoked | SubjectErased | RevocationCandidateFlagged):
             # A reply that escaped, counted once this fact placed before it came.
             found.update(_escaped_ids(state) - _escaped_ids(after))
     return found

@@ -27,6 +27,7 @@ from ledger.digest import digest_of
 from ledger.events import (
     CampaignDefined,
     CampaignPolicyChanged,
+    CandidateResolution,
     InboundMessageReceived,
     MessageKind,
     MessageSent,
@@ -50,6 +51,7 @@ from tests.builders import (
     granted,
     inbound,
     record,
+    resolved,
     resumed,
     revoked,
     sent,
@@ -980,4 +982,31 @@ def test_a_reply_placed_after_an_erasure_of_its_help_counts(erased_at, counts):
     in_order = sorted([*asked, reply, erasure], key=lambda e: e.occurred_at)
     ordered = state_of(*_recorded_as_written(in_order, capped), again)
     assert decide(ordered, capped, at(30)).allowed is not counts
+    assert fold(retained_facts(state)) == state
+
+
+@pytest.mark.parametrize(("held_at", "counts"), [(10.5, True), (12, False)])
+def test_a_hold_placed_between_a_start_and_its_confirmation_counts_it(held_at, counts):
+    """A START's confirmation that escaped the caps, then a reply held for review
+    recorded after it but placed between the START and it, dismissed since: in the
+    facts' own order the hold stood when the confirmation went out, and a START lifts
+    no hold, so the confirmation earned nothing and counts. A hold placed after the
+    confirmation changes nothing of it."""
+    capped = campaign(
+        sender_numbers=(NUMBER,), frequency_caps=(FrequencyCap(1, timedelta(days=1)),)
+    )
+    start = [granted(at(0)), revoked(at(5)), resumed(at(10), "promo")]
+    reply = sent(at(11), "promo", MessageKind.OPT_IN_CONFIRMATION)
+    written = _recorded_as_written([*start, reply], capped)
+    assert written[-1].exempt is True
+    hold = flagged(at(held_at))
+    dismissed = resolved(at(20), hold, CandidateResolution.DISMISSED)
+    state = state_of(*written, hold, dismissed)
+    d = decide(state, capped, at(30))
+    assert d.allowed is not counts, d
+    in_order = sorted([*start, reply, hold], key=lambda e: e.occurred_at)
+    ordered = state_of(*_recorded_as_written(in_order, capped), dismissed)
+    assert decide(ordered, capped, at(30)).allowed is not counts
+    not_granted = exemptions_not_granted(record([*written, hold, dismissed]))
+    assert (str(reply.event_id) in not_granted) is counts
     assert fold(retained_facts(state)) == state
