@@ -606,32 +606,28 @@ def _apply_sent(s: SubscriberState, f: Fact[MessageSent]) -> SubscriberState:
     if _holds(s.brand_sent, record):
         return s
     exempt, record = _judged(s, f, record)
+    # The campaign's records of this reply, changed at once.
+    c = s.campaign(f.event.campaign)
+    changes: dict[str, Any] = {}
     once = _ONCE_REPLIES.get(record.kind)
     if exempt and once is not None:
-        answer = once[1]
-        s = _with_campaign(
-            s,
-            f.event.campaign,
-            lambda c: _evolve(c, **{answer: _latest_record(getattr(c, answer), record)}),
-        )
+        changes[once[1]] = _latest_record(getattr(c, once[1]), record)
     elif exempt and record.kind is MessageKind.OPT_OUT_CONFIRMATION:
         s = _evolve(s, opt_out_answer=_latest_record(s.opt_out_answer, record))
-    newest = max(record.at, s.brand_sent[-1].at) if s.brand_sent else record.at
-    s = _evolve(s, brand_sent=_with_send(s.brand_sent, record, newest))
     reply = _REPLY_RECORDS.get(record.kind)
     if reply is not None:
-        s = _with_campaign(
-            s,
-            f.event.campaign,
-            lambda c: _evolve(c, **{reply: _latest_record(getattr(c, reply), record)}),
-        )
+        changes[reply] = _latest_record(getattr(c, reply), record)
+    if exempt and record.basis:  # an owed reply, its window judged again by the policy
+        changes["escaped"] = _with_escaped(c.escaped, record)
+    if changes:
+        s = _with_campaign(s, f.event.campaign, lambda c: _evolve(c, **changes))
+    newest = max(record.at, s.brand_sent[-1].at) if s.brand_sent else record.at
+    s = _evolve(s, brand_sent=_with_send(s.brand_sent, record, newest))
     if record.kind is MessageKind.HELP_REPLY and s.campaign(f.event.campaign).answered_late:
         s = _with_campaign(s, f.event.campaign, lambda c: _answered_after(c, record))
     elif record.kind is MessageKind.OPT_OUT_CONFIRMATION:
         s = _confirmed_after(s, lambda r: _between(r, record))
     if exempt:
-        if record.basis:  # an owed reply, its window judged again by the policy
-            s = _with_campaign(s, f.event.campaign, lambda c: _with_escaped(c, record))
         return s
     brand_resume = s.brand_resume
     reconfirms = (
@@ -680,12 +676,11 @@ def _apply_sent(s: SubscriberState, f: Fact[MessageSent]) -> SubscriberState:
     return _with_campaign(s, f.event.campaign, add)
 
 
-def _with_escaped(c: CampaignConsent, record: SentRecord) -> CampaignConsent:
-    """``c`` with the owed reply ``record`` among those that escaped the caps
-    (``CampaignConsent.escaped``), kept for as long as a cap counts back from the
-    newest, as ``sent`` is."""
-    newest = max(record.at, c.escaped[-1].at) if c.escaped else record.at
-    return _evolve(c, escaped=_with_send(c.escaped, record, newest))
+def _with_escaped(escaped: tuple[SentRecord, ...], record: SentRecord) -> tuple[SentRecord, ...]:
+    """``escaped`` (``CampaignConsent.escaped``) with the owed reply ``record``, kept for
+    as long as a cap counts back from the newest, as ``sent`` is."""
+    newest = max(record.at, escaped[-1].at) if escaped else record.at
+    return _with_send(escaped, record, newest)
 
 
 _OPENS_NO_CONVERSATION = frozenset(
