@@ -132,12 +132,12 @@ class CampaignDigest(NamedTuple):
     """Whether ``revocation`` was imported (``ConsentRevoked.imported``): another
     platform received it and owed its one confirmation, so this service owes none."""
     answered_late: tuple[Mark, ...] = ()
-    """The replies of ``sent`` that answered a HELP, START or opt-out, oldest first:
-    those recorded before it reached the ledger
-    (``ledger.state.CampaignConsent.answered_late``) and those that escaped the caps
-    (``escaped``), each the mark of that text or opt-out (its time and place) with the
-    reply's event id. The policy leaves one sent within the reply window in force
-    when it was sent out of the caps, as the facts' own order would."""
+    """The replies of ``sent`` that answered a HELP, START or opt-out: those recorded
+    before it reached the ledger (``ledger.state.CampaignConsent.answered_late``),
+    then those that escaped the caps (``escaped``), each oldest first; each the mark
+    of that text or opt-out (its time and place) with the reply's event id. The
+    policy leaves one sent within the reply window in force when it was sent out of
+    the caps, as the facts' own order would."""
     conversed: tuple[Mark, ...] = ()
     """As ``answered_late``, for the conversation replies of ``sent`` that escaped the
     caps (``ledger.state.CampaignConsent.escaped``): each the mark of the person's
@@ -367,9 +367,7 @@ def _answered_marks(c: CampaignConsent, conversed: bool) -> tuple[Mark, ...]:
             return ()
         return tuple([_answered(r) for r in c.answered_late])
     replies = [r for r in c.escaped if (r.kind is MessageKind.CONVERSATION_REPLY) is conversed]
-    if not conversed:
-        replies.extend(c.answered_late)
-    return tuple(sorted([_answered(r) for r in replies]))
+    return tuple([_answered(r) for r in (*(() if conversed else c.answered_late), *replies)])
 
 
 def _answered(record: SentRecord) -> Mark:
