@@ -880,6 +880,33 @@ def test_a_reply_that_escaped_the_caps_counts_once_rules_dated_before_it_shorten
     assert fold(retained_facts(state)) == state
 
 
+ONE_A_DAY = {"sender_numbers": (NUMBER,), "frequency_caps": (FrequencyCap(1, timedelta(days=1)),)}
+CAP_OF_ONE = campaign(**ONE_A_DAY)
+START_AGAIN = [granted(at(0)), revoked(at(5)), resumed(at(10), "promo")]
+
+
+def _counted_once_known(asked, reply, late, after, counts, *, named=None, rules=CAP_OF_ONE):
+    """``reply`` written as escaping the caps after ``asked``; then ``late``, dated before
+    the reply but recorded after it, and ``after``. CanSend at 30 counts the reply
+    (its cap of one reached) exactly when ``counts``, as the facts written in their own
+    order do; ``ListEvents`` names it when ``named`` (``counts`` unless given); and the
+    state folds again from its retained facts to itself."""
+    written = _recorded_as_written([*asked, reply], rules)
+    assert written[-1].exempt is True
+    state = state_of(*written, late, *after)
+    d = decide(state, rules, at(30))
+    assert d.allowed is not counts, d
+    if counts:
+        assert d.reason is Reason.FREQUENCY_CAP_REACHED
+        assert str(reply.event_id) in d.evidence
+    in_order = sorted([*asked, reply, late], key=lambda e: e.occurred_at)
+    ordered = state_of(*_recorded_as_written(in_order, rules), *after)
+    assert decide(ordered, rules, at(30)).allowed is not counts
+    not_granted = exemptions_not_granted(record([*written, late, *after]))
+    assert (str(reply.event_id) in not_granted) is (counts if named is None else named)
+    assert fold(retained_facts(state)) == state
+
+
 @pytest.mark.parametrize(
     ("stop_at", "of", "revoke_all", "counts"),
     [
@@ -900,30 +927,17 @@ def test_an_opt_out_placed_inside_a_conversation_before_its_reply_counts_the_rep
     text): in the facts' own order it closed the conversation, so the reply earned
     nothing and counts once the person opts in again. So does another campaign's
     under the revoke-all rule. One placed after the reply changes nothing."""
-    capped = campaign(
-        sender_numbers=(NUMBER,),
-        frequency_caps=(FrequencyCap(1, timedelta(days=1)),),
-        revoke_all=revoke_all,
+    _counted_once_known(
+        [granted(at(0)), inbound(at(10), "hi, hours?", "promo")],
+        sent(at(11), "promo", MessageKind.CONVERSATION_REPLY),
+        revoked(at(stop_at), of),
+        [granted(at(20))],
+        counts,
+        # The fold counts it for the campaign's own or the brand's opt-out; another
+        # campaign's, under the revoke-all rule, is the policy's to read.
+        named=counts and of in (None, "promo"),
+        rules=campaign(**ONE_A_DAY, revoke_all=revoke_all),
     )
-    text = inbound(at(10), "hi, hours?", "promo")
-    reply = sent(at(11), "promo", MessageKind.CONVERSATION_REPLY)
-    written = _recorded_as_written([granted(at(0)), text, reply], capped)
-    assert written[-1].exempt is True
-    stop, again = revoked(at(stop_at), of), granted(at(20))
-    state = state_of(*written, stop, again)
-    # The fold counts it for the campaign's own or the brand's opt-out; another
-    # campaign's, under the revoke-all rule, is the policy's to read.
-    not_granted = exemptions_not_granted(record([*written, stop, again]))
-    assert (str(reply.event_id) in not_granted) is (counts and of in (None, "promo"))
-    d = decide(state, capped, at(30))
-    assert d.allowed is not counts, d
-    if counts:
-        assert d.reason is Reason.FREQUENCY_CAP_REACHED
-        assert str(reply.event_id) in d.evidence
-    in_order = sorted([granted(at(0)), text, reply, stop], key=lambda e: e.occurred_at)
-    ordered = state_of(*_recorded_as_written(in_order, capped), again)
-    assert decide(ordered, capped, at(30)).allowed is not counts
-    assert fold(retained_facts(state)) == state
 
 
 @pytest.mark.parametrize(
@@ -936,25 +950,8 @@ def test_an_opt_out_placed_between_a_start_and_its_confirmation_counts_it(stop_a
     in the facts' own order the START resumed nothing that still stood when the
     confirmation went out, so it earned nothing and counts once the person opts in
     again. One placed after the confirmation, or before the START, changes nothing."""
-    capped = campaign(
-        sender_numbers=(NUMBER,), frequency_caps=(FrequencyCap(1, timedelta(days=1)),)
-    )
-    start = [granted(at(0)), revoked(at(5)), resumed(at(10), "promo")]
     reply = sent(at(11), "promo", MessageKind.OPT_IN_CONFIRMATION)
-    written = _recorded_as_written([*start, reply], capped)
-    assert written[-1].exempt is True
-    stop, again = revoked(at(stop_at), of), granted(at(20))
-    state = state_of(*written, stop, again)
-    # The fold counts it for the campaign's own or the brand's opt-out; another
-    # campaign's, under the revoke-all rule, is the policy's to read.
-    not_granted = exemptions_not_granted(record([*written, stop, again]))
-    assert (str(reply.event_id) in not_granted) is (counts and of in (None, "promo"))
-    d = decide(state, capped, at(30))
-    assert d.allowed is not counts, d
-    in_order = sorted([*start, reply, stop], key=lambda e: e.occurred_at)
-    ordered = state_of(*_recorded_as_written(in_order, capped), again)
-    assert decide(ordered, capped, at(30)).allowed is not counts
-    assert fold(retained_facts(state)) == state
+    _counted_once_known(START_AGAIN, reply, revoked(at(stop_at), of), [granted(at(20))], counts)
 
 
 @pytest.mark.parametrize(("erased_at", "counts"), [(10.5, True), (12, False)])
@@ -963,26 +960,16 @@ def test_a_reply_placed_after_an_erasure_of_its_help_counts(erased_at, counts):
     between the HELP and the reply: in the facts' own order the reply answered a
     HELP the erasure had forgotten, earned nothing, and counts under a new consent.
     An erasure placed after the reply changes nothing of it."""
-    capped = campaign(
-        sender_numbers=(NUMBER,), frequency_caps=(FrequencyCap(1, timedelta(days=1)),)
-    )
-    asked = [granted(at(0)), inbound(at(10), "HELP", "promo")]
-    reply = sent(at(11), "promo", MessageKind.HELP_REPLY)
-    written = _recorded_as_written([*asked, reply], capped)
-    assert written[-1].exempt is True
     erasure = SubjectErased(
         event_id=uuid.uuid4(), occurred_at=at(erased_at), phone=PHONE, brand=BRAND
     )
-    again = granted(at(20))
-    state = state_of(*written, erasure, again)
-    not_granted = exemptions_not_granted(record([*written, erasure, again]))
-    assert (str(reply.event_id) in not_granted) is counts
-    d = decide(state, capped, at(30))
-    assert d.allowed is not counts, d
-    in_order = sorted([*asked, reply, erasure], key=lambda e: e.occurred_at)
-    ordered = state_of(*_recorded_as_written(in_order, capped), again)
-    assert decide(ordered, capped, at(30)).allowed is not counts
-    assert fold(retained_facts(state)) == state
+    _counted_once_known(
+        [granted(at(0)), inbound(at(10), "HELP", "promo")],
+        sent(at(11), "promo", MessageKind.HELP_REPLY),
+        erasure,
+        [granted(at(20))],
+        counts,
+    )
 
 
 @pytest.mark.parametrize(("held_at", "counts"), [(10.5, True), (12, False)])
@@ -992,21 +979,7 @@ def test_a_hold_placed_between_a_start_and_its_confirmation_counts_it(held_at, c
     facts' own order the hold stood when the confirmation went out, and a START lifts
     no hold, so the confirmation earned nothing and counts. A hold placed after the
     confirmation changes nothing of it."""
-    capped = campaign(
-        sender_numbers=(NUMBER,), frequency_caps=(FrequencyCap(1, timedelta(days=1)),)
-    )
-    start = [granted(at(0)), revoked(at(5)), resumed(at(10), "promo")]
-    reply = sent(at(11), "promo", MessageKind.OPT_IN_CONFIRMATION)
-    written = _recorded_as_written([*start, reply], capped)
-    assert written[-1].exempt is True
     hold = flagged(at(held_at))
     dismissed = resolved(at(20), hold, CandidateResolution.DISMISSED)
-    state = state_of(*written, hold, dismissed)
-    d = decide(state, capped, at(30))
-    assert d.allowed is not counts, d
-    in_order = sorted([*start, reply, hold], key=lambda e: e.occurred_at)
-    ordered = state_of(*_recorded_as_written(in_order, capped), dismissed)
-    assert decide(ordered, capped, at(30)).allowed is not counts
-    not_granted = exemptions_not_granted(record([*written, hold, dismissed]))
-    assert (str(reply.event_id) in not_granted) is counts
-    assert fold(retained_facts(state)) == state
+    reply = sent(at(11), "promo", MessageKind.OPT_IN_CONFIRMATION)
+    _counted_once_known(START_AGAIN, reply, hold, [dismissed], counts)
