@@ -589,8 +589,6 @@ def replays(
         i = places[key]
         e = subscriber[i].event
         assert isinstance(e, MessageSent)
-        if e.exempt is not False:
-            continue  # it escaped the caps when recorded (``CampaignConsent.escaped``)
         facts = [*subscriber[:i], *subscriber[i + 1 :]]
         owed = decide_as_of([*rules, *facts], e.campaign, e.occurred_at, now, e.kind)
         if owed.allowed:

@@ -1430,11 +1430,13 @@ def answered_late(
     """The event ids of the replies of ``state`` that ``CanSend`` leaves out of the
     caps at ``now`` as answered late (``Check.answered_late``) by each campaign's rules
     then, of ``rules`` (its brand's campaign facts): the proof packet and the sweep
-    judge those replies owed, as the caps do."""
+    judge those replies owed, as the caps do. A reply that escaped the caps when
+    recorded (``CampaignConsent.escaped``) is judged as recorded: it is not one."""
     found: set[str] = set()
     digest = digest_of(state)
     for name, c in digest.campaigns.items():
-        if not c.answered_late:
+        late = {r.event_id for r in state.campaign(name).answered_late}
+        if not late:
             continue
         facts = [
             r
@@ -1443,7 +1445,7 @@ def answered_late(
         ]
         current = fold_campaign(facts, CampaignHistory()).as_of(now)
         if current is not None:
-            found |= Check(current, now).answered_late(digest, c)
+            found |= Check(current, now).answered_late(digest, c) & late
     return frozenset(found)
 
 
