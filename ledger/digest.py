@@ -346,8 +346,7 @@ def _campaign_digest(c: CampaignConsent, brand_resume: Fact[Any] | None) -> Camp
             _stated(grant),
             _stated(c.resume),
             c.revocation is not None and c.revocation.event.imported,
-            _answered_marks(c, False),
-            _answered_marks(c, True),
+            *_answered_marks(c),
         ),
     )
 
@@ -359,15 +358,16 @@ def _counted_marks(c: CampaignConsent) -> tuple[Mark, ...]:
     return tuple(sorted([_sent(s) for s in (*c.sent, *c.escaped)]))
 
 
-def _answered_marks(c: CampaignConsent, conversed: bool) -> tuple[Mark, ...]:
-    """``CampaignDigest.answered_late`` (of the replies answered late and escaped), or
-    ``conversed`` (of the conversation replies escaped)."""
-    if not c.escaped:
-        if conversed or not c.answered_late:
-            return ()
-        return tuple([_answered(r) for r in c.answered_late])
-    replies = [r for r in c.escaped if (r.kind is MessageKind.CONVERSATION_REPLY) is conversed]
-    return tuple([_answered(r) for r in (*(() if conversed else c.answered_late), *replies)])
+def _answered_marks(c: CampaignConsent) -> tuple[tuple[Mark, ...], tuple[Mark, ...]]:
+    """``CampaignDigest.answered_late`` (the replies answered late, then those escaped)
+    and ``conversed`` (the conversation replies escaped)."""
+    if not c.answered_late and not c.escaped:
+        return (), ()  # most states: nothing to carry
+    late = [_answered(r) for r in c.answered_late]
+    conversed: list[Mark] = []
+    for r in c.escaped:
+        (conversed if r.kind is MessageKind.CONVERSATION_REPLY else late).append(_answered(r))
+    return tuple(late), tuple(conversed)
 
 
 def _answered(record: SentRecord) -> Mark:
