@@ -237,6 +237,28 @@ HISTORIES: dict[str, list[tuple[str, float]]] = {
         ("sconf:cap1", 5),
         ("in:cap1", 2),
     ],
+    "talk-before-hi": [("in:win", 60), ("hi:win", 4), ("talk:win", 3)],
+    "talk-window-lengthened": [
+        ("=in:win", 60),
+        ("crules:win:60", 30),
+        ("hi:win", 4),
+        ("crules:win:600", 3.5),
+        ("talk:win", 2),
+    ],
+    "sconf-window-lengthened": [
+        ("=in:win", 60),
+        ("STOP:win", 8),
+        ("rules:win:300", 7),
+        ("START:win", 5),
+        ("sconf:win", 2),
+    ],
+    "conf-window-lengthened-start": [
+        ("=in:win", 60),
+        ("STOP:win", 9),
+        ("rules:win:300", 8.5),
+        ("conf:win", 6),
+        ("START:win", 5),
+    ],
     "stop-conf-window-shortened": [
         ("in:win", 60),
         ("STOP:win", 6),
