@@ -364,34 +364,7 @@ def _reopened(before: SubscriberState, after: SubscriberState) -> SubscriberStat
 def _apply_granted(s: SubscriberState, f: Fact[ConsentGranted]) -> SubscriberState:
     if _erased_after(s, f):
         return s
-    return _resume_confirmed_before(_reopened(s, _granted(s, f)), f)
-
-
-def _resume_confirmed_before(s: SubscriberState, f: Fact[ConsentGranted]) -> SubscriberState:
-    """``s`` with no START confirmation of ``f``'s campaign recorded before ``f`` and
-    sent after it (``_unknowing``) standing as the first message or as the
-    send that carried the opt-out language (``_unopened``)."""
-    c = s.campaign(f.event.campaign)
-    late = [r for r in (c.opener, c.last_disclosed) if r is not None and _unknowing(r, f)]
-    if not late:
-        return s
-    brand_resume = s.brand_resume
-    return _with_campaign(s, f.event.campaign, lambda c: _unopened(c, late, brand_resume))
-
-
-def _unknowing(record: SentRecord, grant: Fact[ConsentGranted] | None) -> bool:
-    """Whether ``record`` is a START confirmation recorded before ``grant`` and sent after
-    it. Judged without the consent its START resumed, it was recorded as not owed and
-    counts, as it still does (doubt counts); in the facts' own order it may have been
-    that START's answer, which meets neither the first message's obligations nor the
-    opt-out language's."""
-    return (
-        grant is not None
-        and record.kind is MessageKind.OPT_IN_CONFIRMATION
-        and record.fact.event.exempt is False
-        and record.at >= grant.at
-        and not _placed_after(record, grant)
-    )
+    return _reopened(s, _granted(s, f))
 
 
 def _granted(s: SubscriberState, f: Fact[ConsentGranted]) -> SubscriberState:
@@ -506,10 +479,17 @@ def _apply_reconfirmed(s: SubscriberState, f: Fact[ConsentReconfirmed]) -> Subsc
 
 
 COUNTED_KINDS = frozenset({MessageKind.REGULAR, MessageKind.RECONFIRMATION_REQUEST})
-"""Sends that count towards caps and end the "first message" period whatever was
-recorded about them. Another kind counts as well unless it was recorded as having
+"""Sends that count towards caps whatever was recorded about them, and the only ones
+that end the "first message" period or carry the opt-out language that meets its
+obligation. Another kind, a reply, counts as well unless it was recorded as having
 earned its exemption (``MessageSent.exempt``); one recorded before that was decided
-(``exempt`` None) goes by its kind, as it did then."""
+(``exempt`` None) goes by its kind, as it did then.
+
+A reply that counts still stands as neither: whether it escaped the caps hangs on a
+window that a change of the rules dated back can lengthen, and on a text that can
+reach the ledger after it. In the facts' own order it may have escaped, and met
+nothing (whatever the policy decides, a later send owes as much as in that order,
+or more)."""
 
 _REPLY_RECORDS = {
     MessageKind.HELP_REPLY: "help_reply",
@@ -633,6 +613,7 @@ def _apply_sent(s: SubscriberState, f: Fact[MessageSent]) -> SubscriberState:
     reconfirms = (
         record.kind is MessageKind.RECONFIRMATION_REQUEST and f.event.included_opt_out_language
     )
+    stands = record.kind in COUNTED_KINDS  # a reply meets no obligation (``COUNTED_KINDS``)
 
     def add(c: CampaignConsent) -> CampaignConsent:
         latest = c.last_sent
@@ -644,14 +625,21 @@ def _apply_sent(s: SubscriberState, f: Fact[MessageSent]) -> SubscriberState:
         # the other sends were recorded, and a state refolded from its retained facts
         # could differ from the state it was taken from.
         disclosed = c.last_disclosed
-        if f.event.included_opt_out_language and (
-            disclosed is None or (record.at, record.event_id) > (disclosed.at, disclosed.event_id)
+        if (
+            stands
+            and f.event.included_opt_out_language
+            and (
+                disclosed is None
+                or (record.at, record.event_id) > (disclosed.at, disclosed.event_id)
+            )
         ):
             disclosed = record
         opener = c.opener
         # Sends mostly come in order: one after the first message changes nothing, and
         # the consent it would be measured against need not be looked up.
-        if opener is None or (record.at, record.event_id) < (opener.at, opener.event_id):
+        if stands and (
+            opener is None or (record.at, record.event_id) < (opener.at, opener.event_id)
+        ):
             anchor = consent_anchor(c, brand_resume)
             if anchor is not None and record.at >= anchor.at:
                 opener = record
@@ -704,9 +692,7 @@ def _answered_before(s: SubscriberState, f: Fact[InboundMessageReceived]) -> Sub
     the longest reply window, and only when no help reply escaped the caps since
     ``f``: in the facts' own order the first reply after a HELP is its answer. A
     later HELP before the reply takes it over, as the reply answers the latest HELP.
-    The reply meets no first-message obligation and carries no opt-out language that
-    counts: in the facts' own order it would not have (whatever the policy decides,
-    a later send then owes as much as in that order, or more)."""
+    Like every reply, it meets no obligation of the first message (``COUNTED_KINDS``)."""
     campaign = f.event.campaign
     assert campaign is not None
     c = s.campaign(campaign)
@@ -720,10 +706,8 @@ def _answered_before(s: SubscriberState, f: Fact[InboundMessageReceived]) -> Sub
         return s  # kept for a later HELP already
     answered = _evolve(reply, basis=(f,))
     late = tuple([*(r for r in c.answered_late if r != reply), answered])
-    brand_resume = s.brand_resume
 
     def kept(c: CampaignConsent) -> CampaignConsent:
-        c = _unopened(c, (reply,), brand_resume)
         return _evolve(
             c,
             answered_late=tuple(sorted(late, key=_world_order)),
@@ -808,10 +792,8 @@ def _confirmed_before(s: SubscriberState, f: Fact[ConsentRevoked]) -> Subscriber
     if any(r == reply for r in c.answered_late):
         return s
     answered = _evolve(reply, basis=(f,))
-    brand_resume = s.brand_resume
 
     def kept(c: CampaignConsent) -> CampaignConsent:
-        c = _unopened(c, (reply,), brand_resume)
         late = tuple(sorted((*c.answered_late, answered), key=_world_order))
         return _evolve(c, answered_late=late)
 
@@ -851,48 +833,6 @@ def _confirmed_after(s: SubscriberState, doubted: Callable[[SentRecord], bool]) 
         for name, c in s.campaigns.items()
     }
     return _evolve(s, campaigns=MappingProxyType(campaigns))
-
-
-def _unopened(
-    c: CampaignConsent,
-    replies: Collection[SentRecord],
-    brand_resume: Fact[ConsentResumed] | None,
-) -> CampaignConsent:
-    """``c`` with ``replies`` (sends it counts) no longer the first message since the
-    consent nor the send that carried the opt-out language: each is found again among
-    the other sends it counts but the replies answered late and the START
-    confirmations recorded before the consent (``_unknowing``), which stand as neither.
-    Those go back the longest cap window only: a disclosing send older than that is
-    not found, and the opt-out language is then owed again (doubt owes); a delivery
-    error reported on the one found is not kept."""
-    changes: dict[str, Any] = {}
-    others = tuple(
-        r
-        for r in c.sent
-        if r not in replies and r not in c.answered_late and not _unknowing(r, c.grant)
-    )
-    # Only a send placed after the consent it follows meets that consent's obligations
-    # (``_reopened``): the sends placed before it were forgotten when it came.
-    if c.opener in replies:
-        anchor = consent_anchor(c, brand_resume)
-        changes["opener"] = next(
-            (
-                r
-                for r in others
-                if anchor is not None and r.at >= anchor.at and _placed_after(r, anchor)
-            ),
-            None,
-        )
-    if c.last_disclosed in replies:
-        since = consent_anchor(c, brand_resume, False)
-        disclosed = [
-            r
-            for r in others
-            if r.fact.event.included_opt_out_language and (since is None or _placed_after(r, since))
-        ]
-        changes["last_disclosed"] = disclosed[-1] if disclosed else None
-        changes["undisclosed"] = None
-    return _evolve(c, **changes) if changes else c
 
 
 def _placed_after(record: SentRecord, fact: Fact[Any]) -> bool:

@@ -16,7 +16,7 @@ import msgpack
 
 from ledger.digest import Age, CampaignDigest, Digest, Located, Mark, Pending, built
 
-FORMAT = 22
+FORMAT = 23
 """1 had no ``CampaignDigest.last_disclosed_at``, 2 no ``Digest.regions`` and
 ``Digest.located`` (the recipient's candidate states), 3 no ``CampaignDigest``
 ``help_request``, ``help_reply`` or ``opt_in_confirmation``, 4 no
@@ -43,10 +43,12 @@ read as owing its confirmation here), 20 no ``CampaignDigest.answered_late`` (a
 help reply or opt-out confirmation recorded before its text counted), 21 no reply
 that escaped the caps in ``CampaignDigest.sent`` and ``answered_late``, nor
 ``conversed`` (one sent outside the window a change of the rules dated back gave it
-counted for nothing, ``ledger.state.CampaignConsent.escaped``): rows in any of
-them are read from their snapshots, which are folded and digested again (a snapshot
-written before 14 may lack an opt-out latest by the time it said: ``consent-ledger
-rebuild`` folds it from the ledger).
+counted for nothing, ``ledger.state.CampaignConsent.escaped``), 22 held a reply
+that counted as the first message or the send that carried the opt-out language
+(``ledger.state.COUNTED_KINDS``): rows in any of them are read from their
+snapshots, which are folded and digested again (a snapshot written before 14 may
+lack an opt-out latest by the time it said: ``consent-ledger rebuild`` folds it
+from the ledger).
 """
 _HEADER = bytes([FORMAT])
 

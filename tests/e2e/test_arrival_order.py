@@ -43,6 +43,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 PROMO_FROM, NEWS_FROM, CAPPED_FROM = "+12125558801", "+12125558802", "+12125558803"
 BRIEF_FROM, SHIFTING_FROM = "+12125558804", "+12125558805"
+WIDENING_FROM = "+12125558806"
 MINUTE = timedelta(minutes=1)
 CLOCK = module_clock()
 CAP = lpb.FrequencyCap(limit=1, window=Duration(seconds=86400))
@@ -236,6 +237,15 @@ async def service(module_serve):
                 [SHIFTING_FROM],
                 frequency_caps=[CAP],
                 opt_out_confirmation_window=Duration(seconds=120),
+            ),
+            define(
+                "acme",
+                "widening",
+                start,
+                [WIDENING_FROM],
+                frequency_caps=[lpb.FrequencyCap(limit=3, window=Duration(seconds=86400))],
+                opt_out_confirmation_window=Duration(seconds=120),
+                conversation_window=Duration(seconds=120),
             ),
         ],
     )
@@ -475,3 +485,81 @@ async def test_an_opt_out_dated_inside_a_conversation_counts_its_reply(service, 
         answer = await app.CanSend(api.CanSendRequest(**ask))
     expected = "REASON_FREQUENCY_CAP_REACHED" if counted else "REASON_CONSENT_ACTIVE"
     assert api.Reason.Name(answer.reason) == expected
+
+
+# Each history's facts in the order they are recorded: each reply, with the opt-out
+# language, 3 minutes after what it answered (outside the 2-minute windows).
+WIDENING: dict[str, list[Fact]] = {
+    "HELP": [("in", 60 * MINUTE), ("HELP", 10 * MINUTE), ("reply:help", 7 * MINUTE)],
+    "START": [
+        ("in", 60 * MINUTE),
+        ("STOP", 12 * MINUTE),
+        ("START", 10 * MINUTE),
+        ("reply:start", 7 * MINUTE),
+    ],
+    "conversation": [("in", 60 * MINUTE), ("hi, hours?", 10 * MINUTE), ("reply:talk", 7 * MINUTE)],
+    "conversation, its text recorded after": [
+        ("in", 60 * MINUTE),
+        ("reply:talk", 7 * MINUTE),
+        ("hi, hours?", 10 * MINUTE),
+    ],
+}
+
+
+async def test_a_reply_that_counted_never_carried_the_opt_out_language_for_the_next(service):
+    """Each reply was recorded as counting: sent outside its 2-minute window, or before
+    the text it answered. Then a change of the rules dated back before them all widens
+    the windows to 5 minutes: in the facts' own order each reply escaped the caps and
+    met nothing, so the next regular message owes the opt-out language. The reply
+    that counted had stood as the message that carried it: that message owed less.
+    It owes the language before the change and after it, by CanSend and CanSendBatch."""
+    phones = {name: f"+1415556{i:04d}" for i, name in enumerate(WIDENING)}
+    async with client(service.address, "acme-app") as app, client(service.address) as admin:
+        w = Writes(app)
+        for name, facts in WIDENING.items():
+            for what, ago in facts:
+                phone, at = phones[name], CLOCK.now - ago
+                if what == "in":
+                    w.wrote(await app.RecordOptIn(opt_in(phone, "acme", "widening", at)))
+                elif what.startswith("reply:"):
+                    kind = {**REPLIES, "talk": lpb.MESSAGE_KIND_CONVERSATION_REPLY}[
+                        what.split(":")[1]
+                    ]
+                    message = sent(
+                        phone, "acme", "widening", at, kind=kind, from_number=WIDENING_FROM
+                    )
+                    assert message.included_opt_out_language
+                    w.wrote(await app.RecordMessageSent(message))
+                else:
+                    w.wrote(await app.HandleInboundMessage(inbound(phone, WIDENING_FROM, what, at)))
+
+        async def owed() -> dict[str, tuple[bool, bool]]:
+            ask = dict(brand="acme", campaign="widening", at_least_as_fresh=w.token.encode())
+            batch = await admin.CanSendBatch(
+                api.CanSendBatchRequest(phones=list(phones.values()), **ask)
+            )
+            found = {}
+            language = api.OBLIGATION_INCLUDE_OPT_OUT_LANGUAGE
+            for (name, phone), together in zip(phones.items(), batch.decisions, strict=True):
+                one = await admin.CanSend(api.CanSendRequest(phone=phone, **ask))
+                assert one.allowed and together.allowed, (name, one, together)
+                found[name] = (language in one.obligations, language in together.obligations)
+            return found
+
+        assert await owed() == {name: (True, True) for name in WIDENING}
+        policy = lpb.CampaignPolicy(
+            sender_numbers=[WIDENING_FROM],
+            frequency_caps=[lpb.FrequencyCap(limit=3, window=Duration(seconds=86400))],
+            opt_out_confirmation_window=Duration(seconds=300),
+            conversation_window=Duration(seconds=300),
+        )
+        await admin.ChangeCampaignPolicy(
+            api.ChangeCampaignPolicyRequest(
+                request_id=uuid.uuid4().hex,
+                brand="acme",
+                campaign="widening",
+                policy=policy,
+                occurred_at=ts(CLOCK.now - 30 * MINUTE),
+            )
+        )
+        assert await owed() == {name: (True, True) for name in WIDENING}

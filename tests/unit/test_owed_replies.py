@@ -880,6 +880,42 @@ def test_a_reply_that_escaped_the_caps_counts_once_rules_dated_before_it_shorten
     assert fold(retained_facts(state)) == state
 
 
+@pytest.mark.parametrize("kind", [*OWED, MessageKind.CONVERSATION_REPLY])
+def test_a_reply_that_counts_meets_no_first_message_whatever_order_its_facts_came_in(kind):
+    """A reply with the opt-out language sent 3 minutes after what it answered, outside
+    the 2-minute window then known, so recorded as counting; then a change of the rules
+    dated before it that lengthened the window to 5 minutes. In the facts' own order
+    the reply escaped the caps and met nothing: the send after it owes the opt-out
+    language. The counted reply stood as the send that carried it, so that send owed
+    less. A reply stands as neither the first message nor the one that carried the
+    language, counted or not, in every order of its facts."""
+    window = "conversation_window" if kind is MessageKind.CONVERSATION_REPLY else None
+    window = window or "opt_out_confirmation_window"
+    cap = {"sender_numbers": (NUMBER,), "frequency_caps": (FrequencyCap(3, timedelta(days=1)),)}
+    asked = {
+        MessageKind.HELP_REPLY: [granted(at(0)), inbound(at(10), "HELP", "promo")],
+        MessageKind.OPT_OUT_CONFIRMATION: [granted(at(0)), revoked(at(10))],
+        MessageKind.OPT_IN_CONFIRMATION: [granted(at(0)), revoked(at(5)), resumed(at(10), "promo")],
+        MessageKind.CONVERSATION_REPLY: [granted(at(0)), inbound(at(10), "hi, hours?", "promo")],
+    }[kind]
+    reply = sent(at(13), "promo", kind, disclosed=True)
+    short = campaign(**cap, **{window: SHORT})
+    longer = campaign(**cap, **{window: timedelta(minutes=5)})
+    written = _recorded_as_written([*asked, reply], short)
+    assert written[-1].exempt is False  # outside the window then known: it counts
+    in_order = _recorded_as_written([*asked, reply], longer)
+    assert in_order[-1].exempt is True
+    for order in itertools.permutations([*asked, reply]):
+        for rules in (short, longer):
+            state = state_of(*_recorded_as_written(list(order), rules))
+            c = state.campaign("promo")
+            assert c.opener is None and c.last_disclosed is None, (order, rules)
+            if kind is not MessageKind.OPT_OUT_CONFIRMATION:
+                d = decide(state, longer, at(30))
+                assert d.allowed and Obligation.INCLUDE_OPT_OUT_LANGUAGE in d.obligations
+            assert fold(retained_facts(state)) == state
+
+
 ONE_A_DAY = {"sender_numbers": (NUMBER,), "frequency_caps": (FrequencyCap(1, timedelta(days=1)),)}
 CAP_OF_ONE = campaign(**ONE_A_DAY)
 START_AGAIN = [granted(at(0)), revoked(at(5)), resumed(at(10), "promo")]

@@ -16,6 +16,8 @@ from ledger.events import (
     CampaignDefined,
     CampaignEvent,
     CampaignPolicyChanged,
+    DeliveryOutcome,
+    DeliveryOutcomeReported,
     LedgerEvent,
     LedgerPosition,
     MessageKind,
@@ -376,13 +378,13 @@ def test_a_reply_recorded_before_its_text_is_judged_as_the_caps_count_it(
 
 
 @pytest.mark.parametrize("disclosed", [False, True])
-def test_a_send_that_owed_the_opt_out_language_in_order_is_found_in_hindsight(disclosed: bool):
+def test_a_reply_with_the_opt_out_language_meets_no_first_message_in_any_order(disclosed: bool):
     """A help reply with the opt-out language recorded before the HELP it answered,
-    then a regular send: as recorded, the reply was the first message and the send
-    owed no opt-out language. Once the HELP comes, the reply is its answer and the
-    send was the first message, which owes the language in the facts' own order: a
-    send without it is found (obligations unmet, in hindsight), as the proof packet
-    marks it, and as a sweep of the facts in order finds it as recorded."""
+    then a regular send. The reply stood as the first message as recorded, so the send
+    owed no opt-out language, where in the facts' own order the reply was the HELP's
+    answer and the send owed it. A reply stands as no first message, counted or not
+    (``ledger.state.COUNTED_KINDS``): the send owes the language as recorded and in
+    order, and one without it is found as recorded, with nothing told in hindsight."""
     reply = asked(
         dataclasses.replace(sent(at(10.5), "promo", MessageKind.HELP_REPLY), exempt=False)
     )
@@ -392,19 +394,61 @@ def test_a_send_that_owed_the_opt_out_language_in_order_is_found_in_hindsight(di
     history = _promo(rules)
     events = [granted(at(-600)), reply, message, help_]
     stream = _in_ledger_order(events, [at(-600), at(10.5), at(11), at(15)])
-    as_recorded = _in_ledger_order(events[:3], [at(-600), at(10.5), at(11)])
+    in_order = _in_ledger_order(
+        [granted(at(-600)), help_, dataclasses.replace(reply, exempt=True), message],
+        [at(-600), at(10), at(10.5), at(11)],
+    )
 
     def of_the_send(events: list[Recorded]) -> list[Finding]:
         found = sweep(events, history, BRAND, "promo", START, END, NOW)
         return [f for f in found if f.sent.event.event_id == message.event_id]
 
-    assert of_the_send(as_recorded) == []
-    found = of_the_send(stream)
-    in_order = _in_ledger_order(
-        [granted(at(-600)), help_, dataclasses.replace(reply, exempt=True), message],
-        [at(-600), at(10), at(10.5), at(11)],
+    packet = assemble([*stream, *rules], PHONE, BRAND, "promo", NOW).messages
+    (shown,) = [m for m in packet if m.message_id == message.message_id]
+    assert Obligation.INCLUDE_OPT_OUT_LANGUAGE.value in shown.decision.obligations
+    assert shown.hindsight is None
+    found, found_in_order = of_the_send(stream), of_the_send(in_order)
+    if disclosed:
+        assert found == found_in_order == []
+        return
+    for (finding,) in (found, found_in_order):
+        assert finding.kinds == (FindingKind.OBLIGATIONS_UNMET,) and not finding.hindsight
+        assert finding.unmet == (Obligation.INCLUDE_OPT_OUT_LANGUAGE,)
+
+
+@pytest.mark.parametrize("disclosed", [False, True])
+def test_a_send_that_owed_the_opt_out_language_in_order_is_found_in_hindsight(disclosed: bool):
+    """A first message with the opt-out language, then a send; a delivery error on the
+    first, placed between the two, recorded after the second. As recorded the send owed
+    no opt-out language; in the facts' own order the language had reached no one, and
+    the send owed it. A send without it is found (obligations unmet, in hindsight), as
+    the proof packet marks it, and as a sweep of the facts in order finds it as
+    recorded."""
+    first = asked(sent(at(0), disclosed=True))
+    message = asked(sent(at(11), disclosed=disclosed))
+    failure = DeliveryOutcomeReported(
+        **_base(at(5)),
+        phone=PHONE,
+        brand=BRAND,
+        message_id=first.message_id,
+        campaign="promo",
+        outcome=DeliveryOutcome.UNDELIVERABLE,
+        error_code="30003",
     )
-    found_in_order = of_the_send(in_order)
+    rules = _rules(_defined())
+    history = _promo(rules)
+    events = [granted(at(-600)), first, message, failure]
+    stream = _in_ledger_order(events, [at(-600), at(0), at(11), at(15)])
+    in_order = _in_ledger_order(
+        [granted(at(-600)), first, failure, message], [at(-600), at(0), at(5), at(11)]
+    )
+
+    def of_the_send(events: list[Recorded]) -> list[Finding]:
+        found = sweep(events, history, BRAND, "promo", START, END, NOW)
+        return [f for f in found if f.sent.event.event_id == message.event_id]
+
+    assert of_the_send(stream[:3]) == []
+    found, found_in_order = of_the_send(stream), of_the_send(in_order)
     packet = assemble([*stream, *rules], PHONE, BRAND, "promo", NOW).messages
     (shown,) = [m for m in packet if m.message_id == message.message_id]
     # The packet shows what the send owed in hindsight, met or not.
