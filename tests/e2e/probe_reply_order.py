@@ -49,7 +49,12 @@ from tests.e2e.test_write_paths_agree import Ledger, leaves_apart, normalized, p
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 DAY = Duration(seconds=86400)
-NUMBERS = {"cap1": "+12125557801", "cap2": "+12125557802", "daily": "+12125557803"}
+NUMBERS = {
+    "cap1": "+12125557801",
+    "cap2": "+12125557802",
+    "daily": "+12125557803",
+    "all1": "+12125557804",
+}
 RULES: dict[str, dict[str, Any]] = {
     # A cap of one a day and a reply window of two minutes (the longest is five).
     "cap1": dict(
@@ -58,6 +63,8 @@ RULES: dict[str, dict[str, Any]] = {
     ),
     "cap2": dict(frequency_caps=[lpb.FrequencyCap(limit=2, window=DAY)]),
     "daily": dict(daily_cap=1, opt_out_confirmation_window=Duration(seconds=120)),
+    # A cap of one a day under the revoke-all rule: an opt-out of cap2 revokes it too.
+    "all1": dict(frequency_caps=[lpb.FrequencyCap(limit=1, window=DAY)], revoke_all=True),
 }
 KINDS = {
     "regular": lpb.MESSAGE_KIND_REGULAR,
@@ -258,6 +265,31 @@ HISTORIES: dict[str, list[tuple[str, float]]] = {
         ("rules:win:300", 8.5),
         ("conf:win", 6),
         ("START:win", 5),
+    ],
+    "start-other-stop-inside": [
+        ("=in:all1", 60),
+        ("=STOP:all1", 8),
+        ("START:all1", 6),
+        ("STOP:cap2", 5.5),
+        ("sconf:all1", 5),
+        ("in:all1", 2),
+    ],
+    "talk-two-other-stops": [
+        ("=in:all1", 60),
+        ("hi:all1", 6),
+        ("STOP:cap2", 5.5),
+        ("talk:all1", 5),
+        ("STOP:cap2", 3),
+        ("in:all1", 2),
+    ],
+    "start-two-other-stops": [
+        ("=in:all1", 60),
+        ("=STOP:all1", 8),
+        ("START:all1", 6),
+        ("STOP:cap2", 5.5),
+        ("sconf:all1", 5),
+        ("STOP:cap2", 3),
+        ("in:all1", 2),
     ],
     "stop-conf-window-shortened": [
         ("in:win", 60),
