@@ -143,6 +143,11 @@ class CampaignDigest(NamedTuple):
     caps (``ledger.state.CampaignConsent.escaped``): each the mark of the person's
     text that opened the conversation with the reply's event id, judged by the
     conversation window in force when it was sent."""
+    ended_elsewhere: tuple[Mark, ...] = ()
+    """The conversation replies and START confirmations of ``sent`` that escaped the
+    caps though an opt-out of another campaign was placed between them and what
+    earned them (``ledger.state._ended_elsewhere_by``), each its own mark: under the
+    revoke-all rule that opt-out ended the exchange, and the policy counts them."""
 
 
 EMPTY_CAMPAIGN = CampaignDigest()
@@ -358,16 +363,21 @@ def _counted_marks(c: CampaignConsent) -> tuple[Mark, ...]:
     return tuple(sorted([_sent(s) for s in (*c.sent, *c.escaped)]))
 
 
-def _answered_marks(c: CampaignConsent) -> tuple[tuple[Mark, ...], tuple[Mark, ...]]:
-    """``CampaignDigest.answered_late`` (the replies answered late, then those escaped)
-    and ``conversed`` (the conversation replies escaped)."""
+def _answered_marks(
+    c: CampaignConsent,
+) -> tuple[tuple[Mark, ...], tuple[Mark, ...], tuple[Mark, ...]]:
+    """``CampaignDigest.answered_late`` (the replies answered late, then those escaped),
+    ``conversed`` (the conversation replies escaped) and ``ended_elsewhere``."""
     if not c.answered_late and not c.escaped:
-        return (), ()  # most states: nothing to carry
+        return (), (), ()  # most states: nothing to carry
     late = [_answered(r) for r in c.answered_late]
     conversed: list[Mark] = []
+    ended: list[Mark] = []
     for r in c.escaped:
         (conversed if r.kind is MessageKind.CONVERSATION_REPLY else late).append(_answered(r))
-    return tuple(late), tuple(conversed)
+        if len(r.basis) > 1:
+            ended.append(_sent(r))
+    return tuple(late), tuple(conversed), tuple(ended)
 
 
 def _answered(record: SentRecord) -> Mark:

@@ -1286,18 +1286,20 @@ class Check:
         the window in force then after what they answered (``answered_late``)."""
         if not c.answered_late and not c.conversed:
             return c.sent
-        late = self.answered_late(digest, c)
+        late = self.answered_late(c)
         return tuple([s for s in c.sent if s.event_id not in late])
 
-    def answered_late(self, digest: Digest, c: CampaignDigest) -> frozenset[str]:
+    def answered_late(self, c: CampaignDigest) -> frozenset[str]:
         """The event ids of the replies of ``c`` that the facts' own order leaves out of
         the caps: each sent within the window in force then after the HELP, START or
         opt-out it answered (``CampaignDigest.answered_late``), or after the text that
         opened the conversation (``conversed``) and before any opt-out that closed it.
         One that escaped the caps when recorded but was sent outside that window (a
         change of the rules dated back shortened it) counts, as one recorded before
-        its text does."""
+        its text does; so, under the revoke-all rule, does one whose exchange another
+        campaign's opt-out ended (``ended_elsewhere``)."""
         sent = {s.event_id: s for s in c.sent}
+        ended = {m.event_id for m in c.ended_elsewhere} if self._revoke_all else ()
         return frozenset(
             [
                 m.event_id
@@ -1305,23 +1307,8 @@ class Check:
                 for m in marks
                 if (s := sent.get(m.event_id)) is not None
                 and m.at <= s.at <= m.at + self._window_at(s.at, conversation)
-                and not (conversation and self._closed_elsewhere(digest, m, s))
+                and m.event_id not in ended
             ]
-        )
-
-    def _closed_elsewhere(self, digest: Digest, text: Mark, reply: Mark) -> bool:
-        """Under the revoke-all rule, whether another campaign's latest opt-out was placed
-        at or after ``text`` (that opened a conversation) and no later than ``reply``
-        in it: in the facts' own order it closed the conversation (``_conversation_open``;
-        the fold counts the reply for the campaign's own and the brand's opt-outs)."""
-        if not self._revoke_all:
-            return False
-        own = self.campaign.campaign
-        return any(
-            r is not None and not r.before(text) and r.at <= reply.at
-            for name, other in digest.campaigns.items()
-            if name != own
-            for r in (other.revocation,)
         )
 
     def _window_at(self, at: int, conversation: bool) -> int:
@@ -1445,7 +1432,7 @@ def answered_late(
         ]
         current = fold_campaign(facts, CampaignHistory()).as_of(now)
         if current is not None:
-            found |= Check(current, now).answered_late(digest, c) & late
+            found |= Check(current, now).answered_late(c) & late
     return frozenset(found)
 
 

@@ -206,7 +206,10 @@ class CampaignConsent:
     judged its window by the rules then known; a change of the rules dated back
     before the reply may have shortened it since, so the policy counts one sent
     outside the window in force when it was sent, as the facts' own order would
-    (``ledger.policy``)."""
+    (``ledger.policy``). A conversation reply or START confirmation whose exchange an
+    opt-out of another campaign was placed inside keeps that opt-out as the second
+    fact of its basis (``_ended_elsewhere_by``): the policy counts it under the
+    revoke-all rule."""
 
 
 EMPTY_CAMPAIGN = CampaignConsent()
@@ -395,7 +398,10 @@ def _apply_revoked(s: SubscriberState, f: Fact[ConsentRevoked]) -> SubscriberSta
                 revocation_said=_later_stated(c.revocation_said, f),
             ),
         )
-    return _confirmed_before(_closed_by(s, f, f.event.campaign, _CLOSED_BY_AN_OPT_OUT), f)
+    s = _closed_by(s, f, f.event.campaign, _CLOSED_BY_AN_OPT_OUT)
+    if f.event.campaign is not None:
+        s = _ended_elsewhere_by(s, f)
+    return _confirmed_before(s, f)
 
 
 def _closed_by(
@@ -409,9 +415,7 @@ def _closed_by(
     resumed) in the facts' own order, and the reply earned nothing."""
 
     def closed(c: CampaignConsent) -> CampaignConsent:
-        shut = [
-            r for r in c.escaped if r.kind in kinds and r.basis[0].key <= f.key and f.at <= r.at
-        ]
+        shut = [r for r in c.escaped if r.kind in kinds and _inside(r, f)]
         return _unescaped(c, shut) if shut else c
 
     changed = {
@@ -422,6 +426,43 @@ def _closed_by(
     if not changed:
         return s
     return _evolve(s, campaigns=MappingProxyType({**s.campaigns, **changed}))
+
+
+def _inside(reply: SentRecord, f: Fact[Any]) -> bool:
+    """Whether ``f`` was placed after what earned ``reply`` (its ``basis``: the text that
+    opened its conversation, the START it confirms) and no later than the reply."""
+    return reply.basis[0].key <= f.key and f.at <= reply.at
+
+
+def _ended_elsewhere_by(s: SubscriberState, f: Fact[ConsentRevoked]) -> SubscriberState:
+    """``s`` with each conversation reply and START confirmation of another campaign
+    that escaped the caps, and that ``f`` (an opt-out of one campaign) was placed inside
+    (``_inside``), kept with ``f`` (``CampaignConsent.escaped``): under the revoke-all
+    rule ``f`` ended that conversation (revoked what the START resumed) in the facts'
+    own order, and the reply earned nothing. The fold does not read the rule; the
+    policy counts such a reply where the rule is in force (``ledger.policy``)."""
+
+    def ended(c: CampaignConsent) -> CampaignConsent:
+        inside = [r for r in c.escaped if _ended_elsewhere_by_it(r, f)]
+        if not inside:
+            return c
+        escaped = [_evolve(r, basis=(*r.basis, f)) if r in inside else r for r in c.escaped]
+        return _evolve(c, escaped=tuple(escaped))
+
+    changed = {
+        name: after
+        for name, c in s.campaigns.items()
+        if name != f.event.campaign and c.escaped and (after := ended(c)) is not c
+    }
+    if not changed:
+        return s
+    return _evolve(s, campaigns=MappingProxyType({**s.campaigns, **changed}))
+
+
+def _ended_elsewhere_by_it(reply: SentRecord, f: Fact[ConsentRevoked]) -> bool:
+    """Whether ``f``, an opt-out of another campaign, is the first found to end the
+    exchange of ``reply`` (``_ended_elsewhere_by``); a reply keeps one such opt-out."""
+    return len(reply.basis) == 1 and reply.kind in _CLOSED_BY_AN_OPT_OUT and _inside(reply, f)
 
 
 def _unescaped(c: CampaignConsent, replies: Collection[SentRecord]) -> CampaignConsent:
@@ -575,9 +616,23 @@ def _judged(
         text = s.campaign(f.event.campaign).last_inbound
         if text is None or text.at > record.at:
             return True, record
-        return True, _evolve(record, basis=(text,))
+        exempt, basis = True, (text,)
     else:
         return True, record
+    if exempt and record.kind in _CLOSED_BY_AN_OPT_OUT:
+        # Another campaign's opt-out the ledger holds may have ended its exchange
+        # (``_ended_elsewhere_by``); of each campaign, the latest.
+        record = _evolve(record, basis=basis)
+        basis = next(
+            (
+                (*basis, other.revocation)
+                for name, other in sorted(s.campaigns.items())
+                if name != f.event.campaign
+                and other.revocation is not None
+                and _inside(record, other.revocation)
+            ),
+            basis,
+        )
     return exempt, _evolve(record, basis=basis)
 
 

@@ -230,7 +230,8 @@ def _campaign_signature(name: Any, c: Any, vals: list[Any]) -> tuple[Any, ...]:
         revocation_imported,
         answered_late,
         conversed,
-    ) = _fields(c, CampaignDigest, 19, "CampaignDigest")
+        ended_elsewhere,
+    ) = _fields(c, CampaignDigest, 20, "CampaignDigest")
     return (
         _exact(name, str),
         _mark(grant, vals),
@@ -252,6 +253,7 @@ def _campaign_signature(name: Any, c: Any, vals: list[Any]) -> tuple[Any, ...]:
         _exact(revocation_imported, bool),
         _marks(answered_late, vals),
         _marks(conversed, vals),
+        _marks(ended_elsewhere, vals),
     )
 
 
@@ -373,6 +375,7 @@ class _Source:
             repr(sig[17]),
             self.marks(sig[18]),
             self.marks(sig[19]),
+            self.marks(sig[20]),
         )
         return f"built(CampaignDigest, ({', '.join(fields)}))"
 

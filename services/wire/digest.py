@@ -45,7 +45,9 @@ that escaped the caps in ``CampaignDigest.sent`` and ``answered_late``, nor
 ``conversed`` (one sent outside the window a change of the rules dated back gave it
 counted for nothing, ``ledger.state.CampaignConsent.escaped``), 22 held a reply
 that counted as the first message or the send that carried the opt-out language
-(``ledger.state.COUNTED_KINDS``): rows in any of them are read from their
+(``ledger.state.COUNTED_KINDS``), and had no ``CampaignDigest.ended_elsewhere`` (a
+reply whose exchange another campaign's opt-out ended under the revoke-all rule
+escaped the caps): rows in any of them are read from their
 snapshots, which are folded and digested again (a snapshot written before 14 may
 lack an opt-out latest by the time it said: ``consent-ledger rebuild`` folds it
 from the ledger).
@@ -163,6 +165,7 @@ def _campaign(raw: tuple[Any, ...]) -> CampaignDigest:
         revocation_imported,
         answered_late,
         conversed,
+        ended_elsewhere,
     ) = _fields(CampaignDigest, raw)
     return built(
         CampaignDigest,
@@ -186,6 +189,7 @@ def _campaign(raw: tuple[Any, ...]) -> CampaignDigest:
             revocation_imported,
             answered_late and tuple([built(Mark, m) for m in answered_late]),
             conversed and tuple([built(Mark, m) for m in conversed]),
+            ended_elsewhere and tuple([built(Mark, m) for m in ended_elsewhere]),
         ),
     )
 

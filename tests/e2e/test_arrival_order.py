@@ -43,7 +43,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 PROMO_FROM, NEWS_FROM, CAPPED_FROM = "+12125558801", "+12125558802", "+12125558803"
 BRIEF_FROM, SHIFTING_FROM = "+12125558804", "+12125558805"
-WIDENING_FROM = "+12125558806"
+WIDENING_FROM, ALL_FROM = "+12125558806", "+12125558807"
 MINUTE = timedelta(minutes=1)
 CLOCK = module_clock()
 CAP = lpb.FrequencyCap(limit=1, window=Duration(seconds=86400))
@@ -247,6 +247,7 @@ async def service(module_serve):
                 opt_out_confirmation_window=Duration(seconds=120),
                 conversation_window=Duration(seconds=120),
             ),
+            define("acme", "all", start, [ALL_FROM], frequency_caps=[CAP], revoke_all=True),
         ],
     )
 
@@ -563,3 +564,44 @@ async def test_a_reply_that_counted_never_carried_the_opt_out_language_for_the_n
             )
         )
         assert await owed() == {name: (True, True) for name in WIDENING}
+
+
+@pytest.mark.parametrize("kind", ["START", "conversation"])
+@pytest.mark.parametrize(("stops_ago", "counted"), [((9.5, 8), True), ((8,), False)])
+async def test_another_campaigns_opt_out_inside_an_exchange_counts_its_reply(
+    service, kind, stops_ago, counted
+):
+    """Under the revoke-all rule (campaign all's own), a START's confirmation or a
+    conversation reply a minute after its text escaped the cap of one a day when
+    recorded. Then opt-outs of news, recorded after it: one dated inside the exchange
+    revoked all of the brand's campaigns in the facts' own order, so the reply earned
+    nothing, though a later opt-out of news, dated after the reply, is news' latest.
+    After an opt-in again, the cap is reached. Opt-outs dated after the reply leave it
+    out."""
+    phone = f"+14155571{len(stops_ago)}{kind == 'START':d}0"
+    now = CLOCK.now
+    async with client(service.address, "acme-app") as app:
+        w = Writes(app)
+        w.wrote(await app.RecordOptIn(opt_in(phone, "acme", "all", now - 60 * MINUTE)))
+        if kind == "START":
+            w.wrote(
+                await app.HandleInboundMessage(inbound(phone, ALL_FROM, "STOP", now - 12 * MINUTE))
+            )
+        body = "START" if kind == "START" else "hi, hours?"
+        w.wrote(await app.HandleInboundMessage(inbound(phone, ALL_FROM, body, now - 10 * MINUTE)))
+        reply_kind = (
+            lpb.MESSAGE_KIND_OPT_IN_CONFIRMATION
+            if kind == "START"
+            else lpb.MESSAGE_KIND_CONVERSATION_REPLY
+        )
+        reply = sent(phone, "acme", "all", now - 9 * MINUTE, kind=reply_kind, from_number=ALL_FROM)
+        w.wrote(await app.RecordMessageSent(reply))
+        for ago in stops_ago:
+            w.wrote(await app.RecordOptOut(opt_out(phone, "acme", "news", now - ago * MINUTE)))
+        w.wrote(await app.RecordOptIn(opt_in(phone, "acme", "all", now - MINUTE)))
+        ask = dict(phone=phone, brand="acme", campaign="all", at_least_as_fresh=w.token.encode())
+        one = await app.CanSend(api.CanSendRequest(**ask))
+        ask.pop("phone")
+        batch = await app.CanSendBatch(api.CanSendBatchRequest(phones=[phone], **ask))
+    expected = "REASON_FREQUENCY_CAP_REACHED" if counted else "REASON_CONSENT_ACTIVE"
+    assert api.Reason.Name(one.reason) == api.Reason.Name(batch.decisions[0].reason) == expected

@@ -56,7 +56,7 @@ def test_digest_fields_are_the_ones_the_encoding_knows():
         "grant", "tier", "revocation", "resume", "reconfirmation", "sent", "first_sent_at",
         "last_disclosed_at", "help_request", "help_reply", "opt_in_confirmation",
         "proof_missing", "last_inbound", "revocation_said", "grant_stated", "resume_stated",
-        "revocation_imported", "answered_late", "conversed",
+        "revocation_imported", "answered_late", "conversed", "ended_elsewhere",
     )  # fmt: skip
     assert Mark._fields == ("at", "offset", "event_id")
     assert Pending._fields == (
@@ -136,6 +136,7 @@ campaign_digests = st.builds(
     st.none() | st.integers(-(2**63), 2**63 - 1),
     st.none() | st.integers(-(2**63), 2**63 - 1),
     st.booleans(),
+    st.lists(marks, max_size=2).map(tuple),
     st.lists(marks, max_size=2).map(tuple),
     st.lists(marks, max_size=2).map(tuple),
 )

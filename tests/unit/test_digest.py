@@ -38,6 +38,7 @@ from tests.builders import (
     revoked,
     sent,
 )
+from tests.unit.test_compact_digests import digests as any_digest
 from tests.unit.test_properties import CAMPAIGNS, histories
 
 LOS_ANGELES = "+14155552671"
@@ -85,6 +86,13 @@ def test_a_stored_digest_gets_the_decision_the_state_gets(events, asked, minutes
     assert stored is not None
     for kind in MessageKind:
         assert Check(rules, at(minutes), kind)(stored) == decide(state, rules, at(minutes), kind)
+
+
+@settings(max_examples=200, deadline=None)
+@given(digest=any_digest)
+def test_any_digest_reads_back_equal(digest):
+    """Every field, those no folded history of the generator fills included."""
+    assert decode_digest(encode_digest(digest)) == digest
 
 
 def test_no_digest_or_another_format_reads_as_none():

@@ -977,17 +977,83 @@ def test_an_opt_out_placed_inside_a_conversation_before_its_reply_counts_the_rep
 
 
 @pytest.mark.parametrize(
-    ("stop_at", "of", "counts"),
-    [(10.5, "promo", True), (10.5, None, True), (12, "promo", False), (8, "promo", False)],
+    ("stop_at", "of", "revoke_all", "counts"),
+    [
+        (10.5, "promo", False, True),
+        (10.5, None, False, True),
+        (12, "promo", False, False),
+        (8, "promo", False, False),
+        (10.5, "news", True, True),
+        (12, "news", True, False),
+        (10.5, "news", False, False),
+    ],
 )
-def test_an_opt_out_placed_between_a_start_and_its_confirmation_counts_it(stop_at, of, counts):
+def test_an_opt_out_placed_between_a_start_and_its_confirmation_counts_it(
+    stop_at, of, revoke_all, counts
+):
     """A START resumed the consent and its confirmation, sent a minute later, escaped the
     caps; then an opt-out recorded after the confirmation but placed between the two:
     in the facts' own order the START resumed nothing that still stood when the
     confirmation went out, so it earned nothing and counts once the person opts in
-    again. One placed after the confirmation, or before the START, changes nothing."""
+    again. So does another campaign's under the revoke-all rule. One placed after the
+    confirmation, or before the START, changes nothing."""
     reply = sent(at(11), "promo", MessageKind.OPT_IN_CONFIRMATION)
-    _counted_once_known(START_AGAIN, reply, revoked(at(stop_at), of), [granted(at(20))], counts)
+    _counted_once_known(
+        START_AGAIN,
+        reply,
+        revoked(at(stop_at), of),
+        [granted(at(20))],
+        counts,
+        named=counts and of in (None, "promo"),
+        rules=campaign(**ONE_A_DAY, revoke_all=revoke_all),
+    )
+
+
+CONVERSATION = [granted(at(0)), inbound(at(10), "hi, hours?", "promo")]
+ENDED_ELSEWHERE = {
+    MessageKind.CONVERSATION_REPLY: CONVERSATION,
+    MessageKind.OPT_IN_CONFIRMATION: START_AGAIN,
+}
+
+
+@pytest.mark.parametrize("kind", sorted(ENDED_ELSEWHERE, key=lambda k: k.value))
+@pytest.mark.parametrize("revoke_all", [True, False])
+def test_an_opt_out_of_another_campaign_inside_the_exchange_counts_whatever_came_after(
+    kind, revoke_all
+):
+    """A conversation reply or START confirmation that escaped the caps; then two opt-outs
+    of another campaign recorded after it, one placed inside its exchange and a later
+    one after the reply. Under the revoke-all rule the first ended the exchange in the
+    facts' own order, so the reply counts, though the campaign's latest opt-out came
+    after it (only that one was read)."""
+    _counted_once_known(
+        ENDED_ELSEWHERE[kind],
+        sent(at(11), "promo", kind),
+        revoked(at(10.5), "news"),
+        [revoked(at(12), "news"), granted(at(20))],
+        revoke_all,
+        named=False,
+        rules=campaign(**ONE_A_DAY, revoke_all=revoke_all),
+    )
+
+
+@pytest.mark.parametrize("kind", sorted(ENDED_ELSEWHERE, key=lambda k: k.value))
+def test_a_reply_written_before_the_revoke_all_rule_counts_once_it_is_in_force(kind):
+    """Another campaign's opt-out placed inside the exchange reached the ledger before the
+    reply, written when the revoke-all rule was not in force: it escaped the caps.
+    Read under the rule, that opt-out ended the exchange, and the reply counts."""
+    reply = sent(at(11), "promo", kind)
+    written = _recorded_as_written(
+        [*ENDED_ELSEWHERE[kind], revoked(at(10.5), "news"), reply], CAP_OF_ONE
+    )
+    assert written[-1].exempt is True
+    state = state_of(*written, granted(at(20)))
+    assert decide(state, CAP_OF_ONE, at(30)).allowed
+    d = decide(state, campaign(**ONE_A_DAY, revoke_all=True), at(30))
+    assert not d.allowed and d.reason is Reason.FREQUENCY_CAP_REACHED, d
+    assert str(reply.event_id) in d.evidence
+    assert fold(retained_facts(state)) == state
+    assert digest_of(fold(retained_facts(state))) == digest_of(state)
 
 
 @pytest.mark.parametrize(("erased_at", "counts"), [(10.5, True), (12, False)])
