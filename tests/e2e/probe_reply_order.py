@@ -291,6 +291,21 @@ HISTORIES: dict[str, list[tuple[str, float]]] = {
         ("STOP:cap2", 3),
         ("in:all1", 2),
     ],
+    "start-grant-inside": [
+        ("=in:cap1", 60),
+        ("=STOP:cap1", 8),
+        ("START:cap1", 6),
+        ("in:cap1", 5.5),
+        ("sconf:cap1", 5),
+    ],
+    "start-stopall-start-inside": [
+        ("=in:cap1", 60),
+        ("=STOPALL:cap1", 8),
+        ("START:cap1", 6),
+        ("START:cap2", 5.5),
+        ("sconf:cap1", 5),
+    ],
+    "talk-grant-inside": [("=in:cap1", 60), ("hi:cap1", 6), ("in:cap1", 5.5), ("talk:cap1", 5)],
     "stop-conf-window-shortened": [
         ("in:win", 60),
         ("STOP:win", 6),
