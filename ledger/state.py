@@ -367,7 +367,7 @@ def _reopened(before: SubscriberState, after: SubscriberState) -> SubscriberStat
 def _apply_granted(s: SubscriberState, f: Fact[ConsentGranted]) -> SubscriberState:
     if _erased_after(s, f):
         return s
-    return _reopened(s, _granted(s, f))
+    return _closed_by(_reopened(s, _granted(s, f)), f, f.event.campaign, _PASSED_BY_A_CONSENT)
 
 
 def _granted(s: SubscriberState, f: Fact[ConsentGranted]) -> SubscriberState:
@@ -478,6 +478,11 @@ def _unescaped(c: CampaignConsent, replies: Collection[SentRecord]) -> CampaignC
 
 _CLOSED_BY_AN_OPT_OUT = frozenset({MessageKind.CONVERSATION_REPLY, MessageKind.OPT_IN_CONFIRMATION})
 """Replies an opt-out placed between them and what earned them leaves unearned."""
+
+_PASSED_BY_A_CONSENT = frozenset({MessageKind.OPT_IN_CONFIRMATION})
+"""Replies a newer consent (a grant of the campaign) placed between them and their
+START leaves unearned: the consent then stands on it, and the START resumed nothing
+that still stood when the confirmation went out (``ledger.policy``)."""
 
 _HELD_BY_A_HOLD = frozenset({MessageKind.OPT_IN_CONFIRMATION})
 """Replies a reply held for review placed between them and their START leaves
@@ -1074,8 +1079,8 @@ def exemptions_not_granted(history: Iterable[Recorded]) -> set[str]:
     """The ids of the sends in ``history`` (one phone's facts, of any brands, in ledger
     order) recorded as exempt from the caps (``MessageSent.exempt`` true, or a reply
     recorded before it was decided) that the fold counts all the same, judged at the
-    write or counted once an opt-out, a hold or an erasure placed before it came
-    (``_closed_by``, ``_unescaped``): what the stored flag says of them is the
+    write or counted once an opt-out, an opt-in, a hold or an erasure placed before it
+    came (``_closed_by``, ``_unescaped``): what the stored flag says of them is the
     judgement at the write, not what CanSend counts.
     Facts under another spelling of the number (``ledger.phone.forms_stored_before``)
     are the number's, as CanSend folds them (``ledger.policy.as_one_number``)."""
@@ -1095,7 +1100,9 @@ def exemptions_not_granted(history: Iterable[Recorded]) -> set[str]:
             if not _holds(state.brand_sent, record) and not _judged(state, f, record)[0]:
                 found.add(f.event_id)
         after = states[event.brand] = apply(state, recorded)
-        if isinstance(event, ConsentRevoked | SubjectErased | RevocationCandidateFlagged):
+        if isinstance(
+            event, ConsentRevoked | ConsentGranted | SubjectErased | RevocationCandidateFlagged
+        ):
             # A reply that escaped, counted once this fact placed before it came.
             found.update(_escaped_ids(state) - _escaped_ids(after))
     return found

@@ -1009,6 +1009,17 @@ def test_an_opt_out_placed_between_a_start_and_its_confirmation_counts_it(
     )
 
 
+@pytest.mark.parametrize(("granted_at", "counts"), [(10.5, True), (12, False), (9, False)])
+def test_a_grant_placed_between_a_start_and_its_confirmation_counts_it(granted_at, counts):
+    """A START's confirmation that escaped the caps, then an opt-in of the campaign
+    recorded after it but placed between the START and it: in the facts' own order the
+    consent stood on that opt-in when the confirmation went out, the START resumed
+    nothing that still stood, and the confirmation earned nothing. An opt-in placed
+    after the confirmation, or before the START, changes nothing of it."""
+    reply = sent(at(11), "promo", MessageKind.OPT_IN_CONFIRMATION)
+    _counted_once_known(START_AGAIN, reply, granted(at(granted_at)), [], counts)
+
+
 CONVERSATION = [granted(at(0)), inbound(at(10), "hi, hours?", "promo")]
 ENDED_ELSEWHERE = {
     MessageKind.CONVERSATION_REPLY: CONVERSATION,
