@@ -35,10 +35,12 @@ from tests.e2e.harness import (
     client,
     define,
     defined,
+    imported,
     inbound,
     kafka_settings,
     noon_in_los_angeles,
     opt_in,
+    opt_out,
     running,
     sent,
     service_settings,
@@ -88,7 +90,8 @@ WIN = "win"
 # HELP:<c>, STOP:<c>, STOPALL:<c>, START:<c>, hi:<c> (a question) to <c>'s number; a
 # send of <c>: help:<c> (a HELP's reply), conf:<c> (an opt-out's confirmation),
 # sconf:<c> (a START's), talk:<c> (a conversation reply), send:<c> (regular), bare:<c>
-# (regular, no opt-out language); rules:<c>:<s> (ChangeCampaignPolicy: reply window of
+# (regular, no opt-out language); imp:<c> (an opt-out of <c> imported), impall:<c> (one
+# of the brand imported, <c> naming nothing); rules:<c>:<s> (ChangeCampaignPolicy: reply window of
 # s seconds), crules:<c>:<s> (conversation window of s seconds). Listed in the facts'
 # own order; one marked "=" first is delivered first in every order.
 HISTORIES: dict[str, list[tuple[str, float]]] = {
@@ -306,6 +309,20 @@ HISTORIES: dict[str, list[tuple[str, float]]] = {
         ("sconf:cap1", 5),
     ],
     "talk-grant-inside": [("=in:cap1", 60), ("hi:cap1", 6), ("in:cap1", 5.5), ("talk:cap1", 5)],
+    "stop-import-inside-conf": [
+        ("=in:cap1", 60),
+        ("STOP:cap1", 6),
+        ("imp:cap1", 5.5),
+        ("conf:cap1", 5),
+        ("in:cap1", 2),
+    ],
+    "stop-import-all-inside-conf": [
+        ("=in:cap1", 60),
+        ("STOP:cap1", 6),
+        ("impall:cap1", 5.5),
+        ("conf:cap1", 5),
+        ("in:cap1", 2),
+    ],
     "stop-conf-window-shortened": [
         ("in:win", 60),
         ("STOP:win", 6),
@@ -336,6 +353,10 @@ async def deliver(
     try:
         if what == "in":
             led.wrote(await led.c.RecordOptIn(opt_in(phone, "acme", name, at)))
+        elif what in ("imp", "impall"):
+            stop = opt_out(phone, "acme", name if what == "imp" else None, at)
+            answer = led.wrote(await imported(led.c, api.ImportRecord(opt_out=stop)))
+            assert not answer.refusals, answer
         elif what in ("HELP", "STOP", "STOPALL", "START", "hi"):
             to = NUMBERS.get(name) or names["number"]
             body = "hi, what are your hours?" if what == "hi" else what
