@@ -398,7 +398,8 @@ def _apply_revoked(s: SubscriberState, f: Fact[ConsentRevoked]) -> SubscriberSta
                 revocation_said=_later_stated(c.revocation_said, f),
             ),
         )
-    s = _closed_by(s, f, f.event.campaign, _CLOSED_BY_AN_OPT_OUT)
+    kinds = _CLOSED_BY_AN_IMPORT if f.event.imported else _CLOSED_BY_AN_OPT_OUT
+    s = _closed_by(s, f, f.event.campaign, kinds)
     if f.event.campaign is not None:
         s = _ended_elsewhere_by(s, f)
     return _confirmed_before(s, f)
@@ -478,6 +479,11 @@ def _unescaped(c: CampaignConsent, replies: Collection[SentRecord]) -> CampaignC
 
 _CLOSED_BY_AN_OPT_OUT = frozenset({MessageKind.CONVERSATION_REPLY, MessageKind.OPT_IN_CONFIRMATION})
 """Replies an opt-out placed between them and what earned them leaves unearned."""
+
+_CLOSED_BY_AN_IMPORT = _CLOSED_BY_AN_OPT_OUT | {MessageKind.OPT_OUT_CONFIRMATION}
+"""Those and opt-out confirmations: an imported opt-out placed between an opt-out and
+its confirmation is the latest, whose one confirmation the platform that received it
+owed (``ledger.policy``), so the confirmation earned nothing."""
 
 _PASSED_BY_A_CONSENT = frozenset({MessageKind.OPT_IN_CONFIRMATION})
 """Replies a newer consent (a grant of the campaign) placed between them and their

@@ -1020,6 +1020,34 @@ def test_a_grant_placed_between_a_start_and_its_confirmation_counts_it(granted_a
     _counted_once_known(START_AGAIN, reply, granted(at(granted_at)), [], counts)
 
 
+@pytest.mark.parametrize(
+    ("stop_at", "of", "imported", "counts"),
+    [
+        (10.5, "promo", True, True),
+        (10.5, None, True, True),
+        (12, "promo", True, False),
+        (10.5, "news", True, False),
+        (10.5, "promo", False, False),
+    ],
+)
+def test_an_import_placed_between_an_opt_out_and_its_confirmation_counts_it(
+    stop_at, of, imported, counts
+):
+    """An opt-out's confirmation that escaped the caps, then an imported opt-out of the
+    campaign (or the brand) recorded after it but placed between the two: in the facts'
+    own order the import was the latest opt-out when the confirmation went out, whose
+    one confirmation the platform that received it owed, so it earned nothing and
+    counts. One placed after it, one of another campaign, or an opt-out not imported
+    (whose confirmation it then is) changes nothing of it."""
+    _counted_once_known(
+        [granted(at(0)), revoked(at(10))],
+        sent(at(11), "promo", MessageKind.OPT_OUT_CONFIRMATION),
+        revoked(at(stop_at), of, imported=imported),
+        [granted(at(20))],
+        counts,
+    )
+
+
 CONVERSATION = [granted(at(0)), inbound(at(10), "hi, hours?", "promo")]
 ENDED_ELSEWHERE = {
     MessageKind.CONVERSATION_REPLY: CONVERSATION,
