@@ -605,3 +605,41 @@ async def test_another_campaigns_opt_out_inside_an_exchange_counts_its_reply(
         batch = await app.CanSendBatch(api.CanSendBatchRequest(phones=[phone], **ask))
     expected = "REASON_FREQUENCY_CAP_REACHED" if counted else "REASON_CONSENT_ACTIVE"
     assert api.Reason.Name(one.reason) == api.Reason.Name(batch.decisions[0].reason) == expected
+
+
+@pytest.mark.parametrize("late", ["opt-in inside a START's", "import inside a STOP's"])
+@pytest.mark.parametrize(("late_ago", "counted"), [(9.5, True), (8, False)])
+async def test_a_fact_dated_inside_a_replys_exchange_counts_the_reply(
+    service, late, late_ago, counted
+):
+    """A START's confirmation, or a STOP's, a minute after it, escaped capped's cap of
+    one a day when recorded. Then, recorded after it but dated between the two, an
+    opt-in of capped (the consent then stood on it, not on what the START resumed) or
+    an imported opt-out of capped (the latest when the confirmation went out, whose
+    confirmation the platform that received it owed): in the facts' own order the
+    reply earned nothing, and the cap is reached. Dated after the reply, neither
+    changes anything."""
+    start = late.startswith("opt-in")
+    phone = f"+1415557{2 if start else 3}{late_ago * 10:03.0f}"
+    now = CLOCK.now
+    async with client(service.address, "acme-app") as app:
+        w = Writes(app)
+        w.wrote(await app.RecordOptIn(opt_in(phone, "acme", "capped", now - 60 * MINUTE)))
+        for body, ago in [("STOP", 12), ("START", 10)] if start else [("STOP", 10)]:
+            text = inbound(phone, CAPPED_FROM, body, now - ago * MINUTE)
+            w.wrote(await app.HandleInboundMessage(text))
+        kind = (
+            lpb.MESSAGE_KIND_OPT_IN_CONFIRMATION if start else lpb.MESSAGE_KIND_OPT_OUT_CONFIRMATION
+        )
+        reply = sent(phone, "acme", "capped", now - 9 * MINUTE, kind=kind, from_number=CAPPED_FROM)
+        w.wrote(await app.RecordMessageSent(reply))
+        at = now - late_ago * MINUTE
+        if start:
+            w.wrote(await app.RecordOptIn(opt_in(phone, "acme", "capped", at)))
+        else:
+            await w.import_([[record(phone, ("out:capped", late_ago * MINUTE))]])
+            w.wrote(await app.RecordOptIn(opt_in(phone, "acme", "capped", now - MINUTE)))
+        ask = dict(phone=phone, brand="acme", campaign="capped", at_least_as_fresh=w.token.encode())
+        answer = await app.CanSend(api.CanSendRequest(**ask))
+    expected = "REASON_FREQUENCY_CAP_REACHED" if counted else "REASON_CONSENT_ACTIVE"
+    assert api.Reason.Name(answer.reason) == expected, answer
