@@ -47,6 +47,7 @@ WIDENING_FROM, ALL_FROM = "+12125558806", "+12125558807"
 MINUTE = timedelta(minutes=1)
 CLOCK = module_clock()
 CAP = lpb.FrequencyCap(limit=1, window=Duration(seconds=86400))
+CAP_OF_THREE = lpb.FrequencyCap(limit=3, window=Duration(seconds=86400))
 REPLIES = {
     "help": lpb.MESSAGE_KIND_HELP_REPLY,
     "stop": lpb.MESSAGE_KIND_OPT_OUT_CONFIRMATION,
@@ -243,7 +244,7 @@ async def service(module_serve):
                 "widening",
                 start,
                 [WIDENING_FROM],
-                frequency_caps=[lpb.FrequencyCap(limit=3, window=Duration(seconds=86400))],
+                frequency_caps=[CAP_OF_THREE],
                 opt_out_confirmation_window=Duration(seconds=120),
                 conversation_window=Duration(seconds=120),
             ),
@@ -360,6 +361,60 @@ async def answers(
     return said
 
 
+async def exchanges(
+    w: Writes, campaign: str, number: str, histories: dict[str, list[Fact]], phones: dict
+) -> None:
+    """Each history's facts written in the order listed, on its own phone: "in" an
+    opt-in of ``campaign``, "reply:<kind>" a reply from ``number`` (with the opt-out
+    language), anything else a text to ``number``."""
+    for name, facts in histories.items():
+        for what, ago in facts:
+            phone, at = phones[name], CLOCK.now - ago
+            if what == "in":
+                w.wrote(await w.c.RecordOptIn(opt_in(phone, "acme", campaign, at)))
+            elif what.startswith("reply:"):
+                kind = {**REPLIES, "talk": lpb.MESSAGE_KIND_CONVERSATION_REPLY}[what.split(":")[1]]
+                message = sent(phone, "acme", campaign, at, kind=kind, from_number=number)
+                w.wrote(await w.c.RecordMessageSent(message))
+            else:
+                w.wrote(await w.c.HandleInboundMessage(inbound(phone, number, what, at)))
+
+
+async def both_answers(
+    admin: Client, w: Writes, campaign: str, phones: dict[str, str]
+) -> dict[str, tuple[Any, Any]]:
+    """Each phone's CanSend for a regular message of ``campaign``, and its entry of one
+    CanSendBatch of them all, as fresh as ``w``'s writes."""
+    ask = dict(brand="acme", campaign=campaign, at_least_as_fresh=w.token.encode())
+    batch = await admin.CanSendBatch(api.CanSendBatchRequest(phones=list(phones.values()), **ask))
+    found = {}
+    for (name, phone), together in zip(phones.items(), batch.decisions, strict=True):
+        found[name] = (await admin.CanSend(api.CanSendRequest(phone=phone, **ask)), together)
+    return found
+
+
+async def windows_dated_back(
+    admin: Client, campaign: str, number: str, cap: lpb.FrequencyCap, seconds: int
+) -> None:
+    """A change of ``campaign``'s rules dated 30 minutes back: its reply and conversation
+    windows ``seconds`` long, its cap ``cap``."""
+    policy = lpb.CampaignPolicy(
+        sender_numbers=[number],
+        frequency_caps=[cap],
+        opt_out_confirmation_window=Duration(seconds=seconds),
+        conversation_window=Duration(seconds=seconds),
+    )
+    await admin.ChangeCampaignPolicy(
+        api.ChangeCampaignPolicyRequest(
+            request_id=uuid.uuid4().hex,
+            brand="acme",
+            campaign=campaign,
+            policy=policy,
+            occurred_at=ts(CLOCK.now - 30 * MINUTE),
+        )
+    )
+
+
 @pytest.mark.parametrize("history", list(HISTORIES))
 async def test_every_order_of_arrival_gives_the_answers_of_the_facts_own_times(history, service):
     facts, style = HISTORIES[history]
@@ -413,50 +468,18 @@ async def test_a_change_of_rules_dated_back_counts_a_reply_sent_outside_its_wind
     phones = {name: f"+1415558{i:04d}" for i, name in enumerate(SHIFTING)}
     async with client(service.address, "acme-app") as app, client(service.address) as admin:
         w = Writes(app)
-        for name, facts in SHIFTING.items():
-            for what, ago in facts:
-                phone, at = phones[name], CLOCK.now - ago
-                if what == "in":
-                    w.wrote(await app.RecordOptIn(opt_in(phone, "acme", "shifting", at)))
-                elif what.startswith("reply:"):
-                    kind = {**REPLIES, "talk": lpb.MESSAGE_KIND_CONVERSATION_REPLY}[
-                        what.split(":")[1]
-                    ]
-                    message = sent(
-                        phone, "acme", "shifting", at, kind=kind, from_number=SHIFTING_FROM
-                    )
-                    w.wrote(await app.RecordMessageSent(message))
-                else:
-                    w.wrote(await app.HandleInboundMessage(inbound(phone, SHIFTING_FROM, what, at)))
+        await exchanges(w, "shifting", SHIFTING_FROM, SHIFTING, phones)
 
         async def reasons() -> dict[str, tuple[str, str]]:
-            ask = dict(brand="acme", campaign="shifting", at_least_as_fresh=w.token.encode())
-            batch = await admin.CanSendBatch(
-                api.CanSendBatchRequest(phones=list(phones.values()), **ask)
-            )
-            found = {}
-            for (name, phone), together in zip(phones.items(), batch.decisions, strict=True):
-                one = await admin.CanSend(api.CanSendRequest(phone=phone, **ask))
-                found[name] = (api.Reason.Name(one.reason), api.Reason.Name(together.reason))
-            return found
+            found = await both_answers(admin, w, "shifting", phones)
+            return {
+                name: (api.Reason.Name(one.reason), api.Reason.Name(together.reason))
+                for name, (one, together) in found.items()
+            }
 
         active = ("REASON_CONSENT_ACTIVE",) * 2
         assert await reasons() == {name: active for name in SHIFTING}
-        policy = lpb.CampaignPolicy(
-            sender_numbers=[SHIFTING_FROM],
-            frequency_caps=[CAP],
-            opt_out_confirmation_window=Duration(seconds=30),
-            conversation_window=Duration(seconds=30),
-        )
-        await admin.ChangeCampaignPolicy(
-            api.ChangeCampaignPolicyRequest(
-                request_id=uuid.uuid4().hex,
-                brand="acme",
-                campaign="shifting",
-                policy=policy,
-                occurred_at=ts(CLOCK.now - 30 * MINUTE),
-            )
-        )
+        await windows_dated_back(admin, "shifting", SHIFTING_FROM, CAP, 30)
         capped = ("REASON_FREQUENCY_CAP_REACHED",) * 2
         expected = {name: capped for name in SHIFTING}
         expected["HELP answered at once"] = active
@@ -517,52 +540,20 @@ async def test_a_reply_that_counted_never_carried_the_opt_out_language_for_the_n
     phones = {name: f"+1415556{i:04d}" for i, name in enumerate(WIDENING)}
     async with client(service.address, "acme-app") as app, client(service.address) as admin:
         w = Writes(app)
-        for name, facts in WIDENING.items():
-            for what, ago in facts:
-                phone, at = phones[name], CLOCK.now - ago
-                if what == "in":
-                    w.wrote(await app.RecordOptIn(opt_in(phone, "acme", "widening", at)))
-                elif what.startswith("reply:"):
-                    kind = {**REPLIES, "talk": lpb.MESSAGE_KIND_CONVERSATION_REPLY}[
-                        what.split(":")[1]
-                    ]
-                    message = sent(
-                        phone, "acme", "widening", at, kind=kind, from_number=WIDENING_FROM
-                    )
-                    assert message.included_opt_out_language
-                    w.wrote(await app.RecordMessageSent(message))
-                else:
-                    w.wrote(await app.HandleInboundMessage(inbound(phone, WIDENING_FROM, what, at)))
+        await exchanges(w, "widening", WIDENING_FROM, WIDENING, phones)
 
         async def owed() -> dict[str, tuple[bool, bool]]:
-            ask = dict(brand="acme", campaign="widening", at_least_as_fresh=w.token.encode())
-            batch = await admin.CanSendBatch(
-                api.CanSendBatchRequest(phones=list(phones.values()), **ask)
-            )
-            found = {}
+            found = await both_answers(admin, w, "widening", phones)
             language = api.OBLIGATION_INCLUDE_OPT_OUT_LANGUAGE
-            for (name, phone), together in zip(phones.items(), batch.decisions, strict=True):
-                one = await admin.CanSend(api.CanSendRequest(phone=phone, **ask))
+            for name, (one, together) in found.items():
                 assert one.allowed and together.allowed, (name, one, together)
-                found[name] = (language in one.obligations, language in together.obligations)
-            return found
+            return {
+                name: (language in one.obligations, language in together.obligations)
+                for name, (one, together) in found.items()
+            }
 
         assert await owed() == {name: (True, True) for name in WIDENING}
-        policy = lpb.CampaignPolicy(
-            sender_numbers=[WIDENING_FROM],
-            frequency_caps=[lpb.FrequencyCap(limit=3, window=Duration(seconds=86400))],
-            opt_out_confirmation_window=Duration(seconds=300),
-            conversation_window=Duration(seconds=300),
-        )
-        await admin.ChangeCampaignPolicy(
-            api.ChangeCampaignPolicyRequest(
-                request_id=uuid.uuid4().hex,
-                brand="acme",
-                campaign="widening",
-                policy=policy,
-                occurred_at=ts(CLOCK.now - 30 * MINUTE),
-            )
-        )
+        await windows_dated_back(admin, "widening", WIDENING_FROM, CAP_OF_THREE, 300)
         assert await owed() == {name: (True, True) for name in WIDENING}
 
 
