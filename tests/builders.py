@@ -19,6 +19,8 @@ from ledger.events import (
     ConsentResumed,
     ConsentRevoked,
     ConsentTier,
+    DeliveryOutcome,
+    DeliveryOutcomeReported,
     InboundMessageReceived,
     LedgerEvent,
     LedgerPosition,
@@ -182,6 +184,21 @@ def inbound(
         body=body,
         campaign=campaign,
         intent=classify(body).value,
+    )
+
+
+def undelivered(
+    message: MessageSent, when: datetime, code: str = "30003"
+) -> DeliveryOutcomeReported:
+    """The provider's report that ``message`` could not be delivered."""
+    return DeliveryOutcomeReported(
+        **_base(when),
+        phone=message.phone,
+        brand=message.brand,
+        message_id=message.message_id,
+        campaign=message.campaign,
+        outcome=DeliveryOutcome.UNDELIVERABLE,
+        error_code=code,
     )
 
 

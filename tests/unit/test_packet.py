@@ -20,8 +20,6 @@ from ledger.events import (
     ConsentProof,
     ConsentRevoked,
     ConsentTier,
-    DeliveryOutcome,
-    DeliveryOutcomeReported,
     InboundMessageReceived,
     LedgerPosition,
     MessageKind,
@@ -44,6 +42,7 @@ from tests.builders import (
     resolved,
     resumed,
     sent,
+    undelivered,
 )
 
 NOW = at(days=400)
@@ -487,15 +486,7 @@ def test_the_compact_replay_decides_as_decide_as_of_over_every_fact(late):
 
 def test_a_reported_delivery_failure_is_listed_with_its_error_code():
     message = sent(at(5))
-    failure = DeliveryOutcomeReported(
-        **_base(at(6)),
-        phone=PHONE,
-        brand=BRAND,
-        message_id=message.message_id,
-        campaign="promo",
-        outcome=DeliveryOutcome.UNDELIVERABLE,
-        error_code="30003",
-    )
+    failure = undelivered(message, at(6))
     packet = assemble(
         record([_defined(), granted(at(0)), message, failure]), PHONE, BRAND, None, NOW
     )

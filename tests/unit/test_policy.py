@@ -22,7 +22,6 @@ from ledger.events import (
     CollectionMethod,
     ConsentTier,
     DeliveryOutcome,
-    DeliveryOutcomeReported,
     MessageKind,
     RevocationChannel,
 )
@@ -31,7 +30,6 @@ from ledger.state import fold, retained_facts
 from tests.builders import (
     BRAND,
     PHONE,
-    _base,
     age,
     at,
     campaign,
@@ -44,6 +42,7 @@ from tests.builders import (
     resumed,
     revoked,
     sent,
+    undelivered,
 )
 
 PROMO = campaign("promo")
@@ -351,7 +350,7 @@ def test_a_late_first_message_that_did_not_reconfirm_leaves_the_reconfirmation_o
 
 def test_a_reconfirmation_request_never_delivered_leaves_the_reconfirmation_owed():
     request = sent(at(days=36), kind=MessageKind.RECONFIRMATION_REQUEST)
-    s = state_of(granted(at(0)), sent(at(days=35)), request, _undelivered(request, at(days=36)))
+    s = state_of(granted(at(0)), sent(at(days=35)), request, undelivered(request, at(days=36)))
     d = decide(s, PROMO, at(days=37))
     assert Obligation.RECONFIRM_IN_THIS_MESSAGE in d.obligations
     assert Obligation.INCLUDE_OPT_OUT_LANGUAGE in d.obligations
@@ -426,32 +425,20 @@ def test_a_disclosure_pruned_from_the_cap_window_is_still_remembered():
     assert refolded == s
 
 
-def _undelivered(message, when, code="30003"):
-    return DeliveryOutcomeReported(
-        **_base(when),
-        phone=message.phone,
-        brand=message.brand,
-        message_id=message.message_id,
-        campaign=message.campaign,
-        outcome=DeliveryOutcome.UNDELIVERABLE,
-        error_code=code,
-    )
-
-
 def test_opt_out_language_in_a_message_never_delivered_is_owed_again():
     # The person never read the language: a delivery error on the send that carried
     # it leaves it owed, until a send recorded after the report carries it.
     first = sent(at(5))
     for code in ("30003", "21610", ""):
-        s = state_of(granted(at(0)), first, _undelivered(first, at(6), code))
+        s = state_of(granted(at(0)), first, undelivered(first, at(6), code))
         assert Obligation.INCLUDE_OPT_OUT_LANGUAGE in decide(s, PROMO, at(10)).obligations, code
         assert fold(retained_facts(s)) == s
-    delivered = dataclasses.replace(_undelivered(first, at(6)), outcome=DeliveryOutcome.DELIVERED)
+    delivered = dataclasses.replace(undelivered(first, at(6)), outcome=DeliveryOutcome.DELIVERED)
     s = state_of(granted(at(0)), first, dataclasses.replace(delivered, error_code=""))
     assert Obligation.INCLUDE_OPT_OUT_LANGUAGE not in decide(s, PROMO, at(10)).obligations
     # A later send, undelivered or not, without the language changes nothing; one
     # with it, recorded after the report, discharges it.
-    failed = _undelivered(first, at(6))
+    failed = undelivered(first, at(6))
     s = state_of(granted(at(0)), first, failed, sent(at(7), disclosed=False))
     assert Obligation.INCLUDE_OPT_OUT_LANGUAGE in decide(s, PROMO, at(10)).obligations
     s = state_of(granted(at(0)), first, failed, sent(at(8)))
@@ -459,10 +446,10 @@ def test_opt_out_language_in_a_message_never_delivered_is_owed_again():
     assert fold(retained_facts(s)) == s
     # An error on another message, or another campaign's, leaves the disclosure be.
     other = sent(at(7), disclosed=False)
-    s = state_of(granted(at(0)), first, other, _undelivered(other, at(8)))
+    s = state_of(granted(at(0)), first, other, undelivered(other, at(8)))
     assert Obligation.INCLUDE_OPT_OUT_LANGUAGE not in decide(s, PROMO, at(10)).obligations
     elsewhere = sent(at(5), "alerts")
-    s = state_of(granted(at(0)), first, elsewhere, _undelivered(elsewhere, at(8)))
+    s = state_of(granted(at(0)), first, elsewhere, undelivered(elsewhere, at(8)))
     assert Obligation.INCLUDE_OPT_OUT_LANGUAGE not in decide(s, PROMO, at(10)).obligations
 
 

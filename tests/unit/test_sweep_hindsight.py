@@ -16,8 +16,6 @@ from ledger.events import (
     CampaignDefined,
     CampaignEvent,
     CampaignPolicyChanged,
-    DeliveryOutcome,
-    DeliveryOutcomeReported,
     LedgerEvent,
     LedgerPosition,
     MessageKind,
@@ -42,6 +40,7 @@ from tests.builders import (
     reconfirmed,
     revoked,
     sent,
+    undelivered,
 )
 from tests.unit.test_sweep import asked
 
@@ -426,15 +425,7 @@ def test_a_send_that_owed_the_opt_out_language_in_order_is_found_in_hindsight(di
     recorded."""
     first = asked(sent(at(0), disclosed=True))
     message = asked(sent(at(11), disclosed=disclosed))
-    failure = DeliveryOutcomeReported(
-        **_base(at(5)),
-        phone=PHONE,
-        brand=BRAND,
-        message_id=first.message_id,
-        campaign="promo",
-        outcome=DeliveryOutcome.UNDELIVERABLE,
-        error_code="30003",
-    )
+    failure = undelivered(first, at(5))
     rules = _rules(_defined())
     history = _promo(rules)
     events = [granted(at(-600)), first, message, failure]
