@@ -38,6 +38,7 @@ from ledger.state import (
     SentRecord,
     SubscriberState,
     consent_anchor,
+    ended_elsewhere,
     located_region,
     stated_key,
 )
@@ -375,7 +376,7 @@ def _answered_marks(
     ended: list[Mark] = []
     for r in c.escaped:
         (conversed if r.kind is MessageKind.CONVERSATION_REPLY else late).append(_answered(r))
-        if len(r.basis) > 1:
+        if ended_elsewhere(r):
             ended.append(_sent(r))
     return tuple(late), tuple(conversed), tuple(ended)
 

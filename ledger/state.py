@@ -419,10 +419,20 @@ def _closed_by(
         shut = [r for r in c.escaped if r.kind in kinds and _inside(r, f)]
         return _unescaped(c, shut) if shut else c
 
+    return _with_escaped_changed(s, lambda name: campaign in (None, name), closed)
+
+
+def _with_escaped_changed(
+    s: SubscriberState,
+    chosen: Callable[[str], bool],
+    change: Callable[[CampaignConsent], CampaignConsent],
+) -> SubscriberState:
+    """``s`` with ``change`` made to each ``chosen`` campaign that holds replies that
+    escaped the caps; ``s`` itself when it changes none."""
     changed = {
         name: after
         for name, c in s.campaigns.items()
-        if c.escaped and campaign in (None, name) and (after := closed(c)) is not c
+        if c.escaped and chosen(name) and (after := change(c)) is not c
     }
     if not changed:
         return s
@@ -444,26 +454,24 @@ def _ended_elsewhere_by(s: SubscriberState, f: Fact[ConsentRevoked]) -> Subscrib
     policy counts such a reply where the rule is in force (``ledger.policy``)."""
 
     def ended(c: CampaignConsent) -> CampaignConsent:
-        inside = [r for r in c.escaped if _ended_elsewhere_by_it(r, f)]
+        # A reply keeps the first such opt-out found.
+        inside = [
+            r
+            for r in c.escaped
+            if r.kind in _CLOSED_BY_AN_OPT_OUT and not ended_elsewhere(r) and _inside(r, f)
+        ]
         if not inside:
             return c
         escaped = [_evolve(r, basis=(*r.basis, f)) if r in inside else r for r in c.escaped]
         return _evolve(c, escaped=tuple(escaped))
 
-    changed = {
-        name: after
-        for name, c in s.campaigns.items()
-        if name != f.event.campaign and c.escaped and (after := ended(c)) is not c
-    }
-    if not changed:
-        return s
-    return _evolve(s, campaigns=MappingProxyType({**s.campaigns, **changed}))
+    return _with_escaped_changed(s, lambda name: name != f.event.campaign, ended)
 
 
-def _ended_elsewhere_by_it(reply: SentRecord, f: Fact[ConsentRevoked]) -> bool:
-    """Whether ``f``, an opt-out of another campaign, is the first found to end the
-    exchange of ``reply`` (``_ended_elsewhere_by``); a reply keeps one such opt-out."""
-    return len(reply.basis) == 1 and reply.kind in _CLOSED_BY_AN_OPT_OUT and _inside(reply, f)
+def ended_elsewhere(reply: SentRecord) -> bool:
+    """Whether ``reply``, of ``CampaignConsent.escaped``, keeps an opt-out of another
+    campaign that ended its exchange (``_ended_elsewhere_by``), after what earned it."""
+    return len(reply.basis) > 1
 
 
 def _unescaped(c: CampaignConsent, replies: Collection[SentRecord]) -> CampaignConsent:
