@@ -15,7 +15,6 @@ from typing import Any
 
 import grpc
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from consent.v1 import consent_service_pb2 as api
 from consent.v1 import consent_service_pb2_grpc as api_grpc
 from consent.v1 import ledger_pb2 as lpb
@@ -31,6 +30,7 @@ from services.settings import FreshnessSettings, KafkaLedgerSettings, Settings
 from services.usecases import context
 from services.usecases.context import utc_now
 from tests.builders import proof_proto as proof
+from tests.infra.topic_configs import altered
 
 TOKENS = {
     "admin": ("admin-secret", ["check", "write", "audit", "admin"], "*"),
@@ -216,8 +216,7 @@ async def limit_subscriber_records(settings: KafkaLedgerSettings, to: str) -> No
     await admin.start()
     try:
         limit = {**topic_configs(settings), "max.message.bytes": to}
-        topic = settings.topic(Stream.SUBSCRIBERS)
-        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, limit)])
+        await altered(admin, settings.topic(Stream.SUBSCRIBERS), limit)
     finally:
         await admin.close()
 

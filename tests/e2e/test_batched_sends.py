@@ -18,7 +18,6 @@ from zoneinfo import ZoneInfo
 import grpc
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from consent.v1 import consent_service_pb2 as api
 from consent.v1 import ledger_pb2 as lpb
 from google.protobuf.duration_pb2 import Duration
@@ -44,6 +43,7 @@ from tests.e2e.harness import (
     ts,
 )
 from tests.e2e.test_readme import answers, run_after_walk_through
+from tests.infra.topic_configs import altered
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -1059,22 +1059,7 @@ async def test_a_message_too_large_for_the_topics_writes_none_of_the_call(serve,
         await admin.start()
         try:
             limit = {**topic_configs(settings), "max.message.bytes": to}
-            resource = ConfigResource(ConfigResourceType.TOPIC, topic, limit)
-            await admin.alter_configs([resource])
-            # The broker serves the new limit a moment after the change is answered
-            # (seen under load in CI): a service that read the old one in between
-            # would write the others of the call before the broker refused one.
-            for _ in range(200):
-                (described,) = await admin.describe_configs([resource])
-                (found,) = described.to_object()["resources"]
-                if any(
-                    e["config_names"] == "max.message.bytes" and e["config_value"] == to
-                    for e in found["config_entries"]
-                ):
-                    break
-                await asyncio.sleep(0.05)
-            else:
-                raise AssertionError(f"the broker did not serve max.message.bytes={to}")
+            await altered(admin, topic, limit)
         finally:
             await admin.close()
 

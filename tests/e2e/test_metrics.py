@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 import grpc
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from consent.v1 import consent_service_pb2 as api
 from consent.v1 import consent_service_pb2_grpc as api_grpc
 from prometheus_client.parser import text_string_to_metric_families
@@ -30,6 +29,7 @@ from tests.e2e.harness import (
     service_settings,
     ts,
 )
+from tests.infra.topic_configs import altered
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -275,4 +275,4 @@ async def _subscriber_topic_limit(
     """Altering a topic replaces its whole config set: a ledger topic's, with ``changes``."""
     topic = kafka.topic(Stream.SUBSCRIBERS)
     config = {**topic_configs(kafka), **changes}
-    await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, config)])
+    await altered(admin, topic, config)

@@ -16,7 +16,6 @@ from typing import Any
 import grpc
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from consent.v1 import consent_service_pb2 as api
 from consent.v1 import ledger_pb2 as lpb
 from google.protobuf import json_format
@@ -41,6 +40,7 @@ from tests.e2e.harness import (
     ts,
 )
 from tests.e2e.test_lifecycle import ACME_NUMBER
+from tests.infra.topic_configs import altered
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -729,7 +729,7 @@ async def test_an_opt_out_the_ledger_refuses_as_too_large_is_held_and_denies(
     try:
         limit = {**topic_configs(settings), "max.message.bytes": "4096"}
         topic = settings.topic(Stream.SUBSCRIBERS)
-        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, limit)])
+        await altered(admin, topic, limit)
     finally:
         await admin.close()
     campaign = define("acme", "promo", clock.now - timedelta(days=60), [ACME_NUMBER])
@@ -769,7 +769,7 @@ async def test_opt_outs_at_once_are_recorded_after_the_record_limit_is_lowered(
     try:
         limit = {**topic_configs(settings), "max.message.bytes": "4096"}
         topic = settings.topic(Stream.SUBSCRIBERS)
-        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, limit)])
+        await altered(admin, topic, limit)
     finally:
         await admin.close()
     async with client(runtime.address, "acme-app") as c:

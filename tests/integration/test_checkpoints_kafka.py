@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
 from ledger.chain import Chain
@@ -21,6 +20,7 @@ from services.adapters.kafka_ledger import KafkaLedger, topic_configs
 from services.checkpoints import Checkpointer, SigningKey
 from services.settings import KafkaLedgerSettings
 from tests.builders import granted
+from tests.infra.topic_configs import altered
 
 pytestmark = [pytest.mark.kafka, pytest.mark.asyncio(loop_scope="session")]
 
@@ -112,10 +112,10 @@ async def test_checkpoints_are_published_again_after_the_broker_refused_some(
             await ledger.append([granted(phone=f"+1415555{n:04d}") for n in range(4)])
             first = await writer.round()
             await ledger.append([granted(phone="+14155559999")])
-            await admin.alter_configs([_configs(settings, {"max.message.bytes": "100"})])
+            await _configs(admin, settings, {"max.message.bytes": "100"})
             with pytest.raises(KafkaError):
                 await writer.round()
-            await admin.alter_configs([_configs(settings, {})])
+            await _configs(admin, settings, {})
             assert not renewals  # the first start is no renewal
 
             second = await writer.round()
@@ -126,11 +126,9 @@ async def test_checkpoints_are_published_again_after_the_broker_refused_some(
             await admin.close()
 
 
-def _configs(settings: KafkaLedgerSettings, changes: dict[str, str]) -> ConfigResource:
-    """The checkpoint topic's whole config set (altering replaces it): a ledger
+async def _configs(
+    admin: AIOKafkaAdminClient, settings: KafkaLedgerSettings, changes: dict[str, str]
+) -> None:
+    """Set the checkpoint topic's whole config set (altering replaces it): a ledger
     topic's, with ``changes``."""
-    return ConfigResource(
-        ConfigResourceType.TOPIC,
-        settings.checkpoint_topic_name(),
-        {**topic_configs(settings), **changes},
-    )
+    await altered(admin, settings.checkpoint_topic_name(), {**topic_configs(settings), **changes})

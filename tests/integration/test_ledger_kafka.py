@@ -33,6 +33,7 @@ from tests.conformance.ledger_suite import (
     read_all,
 )
 from tests.infra.kafka_broker import KafkaBroker
+from tests.infra.topic_configs import altered
 
 pytestmark = pytest.mark.kafka
 
@@ -295,7 +296,7 @@ async def test_an_event_the_broker_refuses_as_too_large_is_not_an_outage(
     async with admin_client(kafka_bootstrap) as admin:
         topic = settings.topic(Stream.SUBSCRIBERS)
         limit = {**topic_configs(settings), "max.message.bytes": "4096"}  # a whole new set
-        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, limit)])
+        await altered(admin, topic, limit)
     async with started_ledger(settings) as ledger:
         lowered_since_read(ledger)
         large = replace(message_sent(new_phone()), message_id="x" * 10_000)
@@ -316,7 +317,7 @@ async def test_an_event_over_the_topics_limit_sends_none_of_its_append(
     async with admin_client(kafka_bootstrap) as admin:
         topic = settings.topic(Stream.SUBSCRIBERS)
         limit = {**topic_configs(settings), "max.message.bytes": "4096"}
-        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, limit)])
+        await altered(admin, topic, limit)
     async with started_ledger(settings) as ledger:
         large = replace(message_sent(new_phone()), message_id="x" * 5_000)
 
@@ -340,7 +341,7 @@ async def test_a_partition_takes_appends_again_after_the_broker_refused_one_of_t
     async with admin_client(kafka_bootstrap) as admin:
         topic = settings.topic(Stream.SUBSCRIBERS)
         limit = {**topic_configs(settings), "max.message.bytes": "4096"}
-        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, limit)])
+        await altered(admin, topic, limit)
     renewals: list[None] = []
     async with started_ledger(settings, renewed=lambda: renewals.append(None)) as ledger:
         lowered_since_read(ledger)
@@ -385,7 +386,7 @@ async def test_an_append_the_broker_refuses_fails_alone_among_appends_made_at_on
     async with admin_client(kafka_bootstrap) as admin:
         topic = settings.topic(Stream.SUBSCRIBERS)
         limit = {**topic_configs(settings), "max.message.bytes": "4096"}
-        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, limit)])
+        await altered(admin, topic, limit)
     async with started_ledger(settings) as ledger:
         large = replace(message_sent(new_phone()), message_id="x" * 10_000)
         others = [[campaign_defined()] for _ in range(6)]  # the campaigns' topic: no limit
@@ -413,7 +414,7 @@ async def test_appends_made_at_once_fit_a_topic_s_own_record_limit(
     async with admin_client(kafka_bootstrap) as admin:
         topic = settings.topic(Stream.SUBSCRIBERS)
         limit = {**topic_configs(settings), "max.message.bytes": "4096"}
-        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, limit)])
+        await altered(admin, topic, limit)
     async with started_ledger(settings) as ledger:
         phone = new_phone()  # one partition
         answers = await asyncio.gather(
@@ -441,7 +442,7 @@ async def test_appends_made_at_once_fit_a_record_limit_lowered_while_running(
         async with admin_client(kafka_bootstrap) as admin:
             topic = settings.topic(Stream.SUBSCRIBERS)
             limit = {**topic_configs(settings), "max.message.bytes": "4096"}
-            await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, limit)])
+            await altered(admin, topic, limit)
         single = [[message_sent(phone, n)] for n in range(32)]
         many = [message_sent(phone, n) for n in range(32, 64)]
         answers = await asyncio.gather(
