@@ -416,10 +416,17 @@ def _closed_by(
     resumed) in the facts' own order, and the reply earned nothing."""
 
     def closed(c: CampaignConsent) -> CampaignConsent:
-        shut = [r for r in c.escaped if r.kind in kinds and _inside(r, f)]
+        shut = [_shut_by(r, f) for r in c.escaped if r.kind in kinds and _inside(r, f)]
         return _unescaped(c, shut) if shut else c
 
     return _with_escaped_changed(s, lambda name: campaign in (None, name), closed)
+
+
+def _shut_by(reply: SentRecord, f: Fact[Any]) -> SentRecord:
+    """``reply`` (of ``escaped``) with ``f``, the fact that left it unearned, kept among
+    the facts it was judged by: a state refolded from its retained facts counts it
+    again, after a later fact of ``f``'s kind has replaced ``f`` as the latest."""
+    return _evolve(reply, basis=(*reply.basis, f))
 
 
 def _with_escaped_changed(

@@ -511,6 +511,37 @@ async def test_an_opt_out_dated_inside_a_conversation_counts_its_reply(service, 
     assert api.Reason.Name(answer.reason) == expected
 
 
+@pytest.mark.parametrize("campaign_of", ["capped", None], ids=["campaign", "brand-wide"])
+async def test_a_reply_counted_by_an_opt_out_later_replaced_stays_counted(service, campaign_of):
+    """As above, the opt-out dated inside the conversation counted the reply; then another
+    opt-out and an opt-in, which made the first no longer the latest. The state stored
+    for the number kept only the latest, and folded again from it when the next fact
+    came, the reply escaped the cap again: CanSend allowed a second message within the
+    day. The counted reply now keeps the opt-out that counted it."""
+    phone = f"+1415557400{campaign_of is None:d}"
+    now = CLOCK.now
+    async with client(service.address, "acme-app") as app:
+        w = Writes(app)
+        w.wrote(await app.RecordOptIn(opt_in(phone, "acme", "capped", now - 60 * MINUTE)))
+        text = inbound(phone, CAPPED_FROM, "hi, hours?", now - 10 * MINUTE)
+        w.wrote(await app.HandleInboundMessage(text))
+        kind = lpb.MESSAGE_KIND_CONVERSATION_REPLY
+        reply = sent(phone, "acme", "capped", now - 9 * MINUTE, kind=kind, from_number=CAPPED_FROM)
+        w.wrote(await app.RecordMessageSent(reply))
+        for ago in (9.5, 5):
+            stop = opt_out(phone, "acme", campaign_of, now - ago * MINUTE)
+            w.wrote(await app.RecordOptOut(stop))
+            w.wrote(
+                await app.RecordOptIn(opt_in(phone, "acme", "capped", now - (ago - 1) * MINUTE))
+            )
+        ask = dict(phone=phone, brand="acme", campaign="capped", at_least_as_fresh=w.token.encode())
+        one = await app.CanSend(api.CanSendRequest(**ask))
+        ask.pop("phone")
+        batch = await app.CanSendBatch(api.CanSendBatchRequest(phones=[phone], **ask))
+    assert api.Reason.Name(one.reason) == "REASON_FREQUENCY_CAP_REACHED", one
+    assert api.Reason.Name(batch.decisions[0].reason) == "REASON_FREQUENCY_CAP_REACHED"
+
+
 # Each history's facts in the order they are recorded: each reply, with the opt-out
 # language, 3 minutes after what it answered (outside the 2-minute windows).
 WIDENING: dict[str, list[Fact]] = {

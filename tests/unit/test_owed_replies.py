@@ -1124,3 +1124,35 @@ def test_a_hold_placed_between_a_start_and_its_confirmation_counts_it(held_at, c
     dismissed = resolved(at(20), hold, CandidateResolution.DISMISSED)
     reply = sent(at(11), "promo", MessageKind.OPT_IN_CONFIRMATION)
     _counted_once_known(START_AGAIN, reply, hold, [dismissed], counts)
+
+
+SUPERSEDED = {
+    "opt-out": (
+        CONVERSATION,
+        MessageKind.CONVERSATION_REPLY,
+        revoked(at(10.5)),
+        [granted(at(20)), revoked(at(25)), granted(at(26))],
+    ),
+    "brand-wide opt-out": (
+        CONVERSATION,
+        MessageKind.CONVERSATION_REPLY,
+        revoked(at(10.5), None),
+        [granted(at(20)), revoked(at(25), None), granted(at(26))],
+    ),
+    "opt-in": (START_AGAIN, MessageKind.OPT_IN_CONFIRMATION, granted(at(10.5)), [granted(at(20))]),
+}
+
+
+@pytest.mark.parametrize(
+    ("asked", "kind", "late", "after"), SUPERSEDED.values(), ids=list(SUPERSEDED)
+)
+def test_a_reply_counted_by_a_fact_later_replaced_stays_counted_when_folded_again(
+    asked, kind, late, after
+):
+    """A reply counted once a fact placed inside its exchange came (``_closed_by``), then a
+    later fact of that kind, which replaced it as the latest: the state no longer
+    retained the first, so the state folded again from its retained facts (as the
+    projection stores and loads it) let the reply escape the caps again. The counted
+    reply now keeps the fact that counted it."""
+    reply = sent(at(11), "promo", kind)
+    _counted_once_known(asked, reply, late, after, True)
