@@ -647,19 +647,38 @@ def _judged(
         return True, record
     if exempt and record.kind in _CLOSED_BY_AN_OPT_OUT:
         # Another campaign's opt-out the ledger holds may have ended its exchange
-        # (``_ended_elsewhere_by``); of each campaign, the latest.
-        record = _evolve(record, basis=basis)
+        # (``_ended_elsewhere_by``). Only each campaign's latest is kept: one placed
+        # after the reply may hide an earlier one inside the exchange, so doubt keeps
+        # it as if it were inside.
         basis = next(
             (
                 (*basis, other.revocation)
                 for name, other in sorted(s.campaigns.items())
                 if name != f.event.campaign
                 and other.revocation is not None
-                and _inside(record, other.revocation)
+                and basis[0].key <= other.revocation.key
             ),
             basis,
         )
     return exempt, _evolve(record, basis=basis)
+
+
+def _shut_already(s: SubscriberState, reply: SentRecord) -> Fact[Any] | None:
+    """A fact ``s`` holds, placed after what earned the owed ``reply``, that left it
+    unearned as ``_closed_by`` finds for one that comes after the reply, or may have:
+    the campaign's or the brand's latest opt-out, or the campaign's latest opt-in,
+    placed after the reply may hide an earlier one inside its exchange (only the
+    latest is kept), and doubt counts the reply. Holds are all kept. None if none."""
+    since = reply.basis[0].key
+    c = s.campaign(reply.fact.event.campaign)
+    found: list[Fact[Any] | None] = []
+    if reply.kind in _CLOSED_BY_AN_OPT_OUT:
+        found += [c.revocation, s.brand_revocation]
+    if reply.kind in _PASSED_BY_A_CONSENT:
+        found.append(c.grant)
+    if reply.kind in _HELD_BY_A_HOLD:
+        found += [h for h in s.candidates.values() if _inside(reply, h)]
+    return next((f for f in found if f is not None and since <= f.key), None)
 
 
 def _apply_sent(s: SubscriberState, f: Fact[MessageSent]) -> SubscriberState:
@@ -682,6 +701,10 @@ def _apply_sent(s: SubscriberState, f: Fact[MessageSent]) -> SubscriberState:
         changes["escaped"] = _with_escaped(c.escaped, record)
     if changes:
         s = _with_campaign(s, f.event.campaign, lambda c: _evolve(c, **changes))
+    shut = _shut_already(s, record) if exempt and record.basis else None
+    if shut is not None:
+        counted = _shut_by(record, shut)
+        s = _with_campaign(s, f.event.campaign, lambda c: _unescaped(c, [counted]))
     newest = max(record.at, s.brand_sent[-1].at) if s.brand_sent else record.at
     s = _evolve(s, brand_sent=_with_send(s.brand_sent, record, newest))
     if record.kind is MessageKind.HELP_REPLY and s.campaign(f.event.campaign).answered_late:
@@ -1118,8 +1141,10 @@ def exemptions_not_granted(history: Iterable[Recorded]) -> set[str]:
         if isinstance(event, MessageSent) and not counts(event):
             f: Fact[MessageSent] = Fact(event, recorded.position, recorded.recorded_at)
             record = SentRecord(f.at, event.kind, f.event_id, event.message_id, f)
-            if not _holds(state.brand_sent, record) and not _judged(state, f, record)[0]:
-                found.add(f.event_id)
+            if not _holds(state.brand_sent, record):
+                exempt, record = _judged(state, f, record)
+                if not exempt or (record.basis and _shut_already(state, record) is not None):
+                    found.add(f.event_id)
         after = states[event.brand] = apply(state, recorded)
         if isinstance(
             event, ConsentRevoked | ConsentGranted | SubjectErased | RevocationCandidateFlagged

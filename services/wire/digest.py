@@ -16,7 +16,7 @@ import msgpack
 
 from ledger.digest import Age, CampaignDigest, Digest, Located, Mark, Pending, built
 
-FORMAT = 23
+FORMAT = 24
 """1 had no ``CampaignDigest.last_disclosed_at``, 2 no ``Digest.regions`` and
 ``Digest.located`` (the recipient's candidate states), 3 no ``CampaignDigest``
 ``help_request``, ``help_reply`` or ``opt_in_confirmation``, 4 no
@@ -47,10 +47,14 @@ counted for nothing, ``ledger.state.CampaignConsent.escaped``), 22 held a reply
 that counted as the first message or the send that carried the opt-out language
 (``ledger.state.COUNTED_KINDS``), and had no ``CampaignDigest.ended_elsewhere`` (a
 reply whose exchange another campaign's opt-out ended under the revoke-all rule
-escaped the caps): rows in any of them are read from their
-snapshots, which are folded and digested again (a snapshot written before 14 may
-lack an opt-out latest by the time it said: ``consent-ledger rebuild`` folds it
-from the ledger).
+escaped the caps), 23 let a reply escape the caps when the latest opt-out or opt-in
+recorded before it, placed after what earned it, could hide one inside its exchange,
+or a hold dismissed before it was recorded stood there
+(``ledger.state._shut_already``): rows in any of them are read from their snapshots,
+which are folded and digested again (a snapshot written before 14 may lack an
+opt-out latest by the time it said, and one before 24 the fact that counted a reply
+once a later one replaced it: ``consent-ledger rebuild`` folds them from the
+ledger).
 """
 _HEADER = bytes([FORMAT])
 

@@ -1126,6 +1126,117 @@ def test_a_hold_placed_between_a_start_and_its_confirmation_counts_it(held_at, c
     _counted_once_known(START_AGAIN, reply, hold, [dismissed], counts)
 
 
+def _counted_though_recorded_first(asked, inside, reply, counts, *, named, read=CAP_OF_ONE):
+    """``asked``, then ``inside`` (facts placed inside the reply's exchange or after it),
+    all recorded before ``reply``, which was written as a write judges it on a view
+    that has ``asked`` alone under ``CAP_OF_ONE`` (escaping the caps: a view behind
+    the ledger, or one that keeps only the latest of each fact); then an opt-in at
+    20. CanSend at 30, under ``read``, counts the reply (its cap of one reached)
+    exactly when ``counts``; ``ListEvents`` names it when ``named``; and the state
+    folds again from its retained facts to itself."""
+    *_, written = _recorded_as_written([*asked, reply], CAP_OF_ONE)
+    assert written.exempt is True
+    facts = [*asked, *inside, written, granted(at(20))]
+    state = state_of(*facts)
+    d = decide(state, read, at(30))
+    assert d.allowed is not counts, d
+    if counts:
+        assert d.reason is Reason.FREQUENCY_CAP_REACHED and str(reply.event_id) in d.evidence
+    assert (str(reply.event_id) in exemptions_not_granted(record(facts))) is named
+    assert fold(retained_facts(state)) == state
+
+
+HIDDEN = {
+    # An opt-out inside the exchange, a new opt-in, and an opt-out after the reply:
+    # the state keeps only the latest, which hides the first.
+    "conversation, hidden opt-out": (
+        CONVERSATION,
+        [revoked(at(10.5)), granted(at(10.7)), revoked(at(12))],
+        MessageKind.CONVERSATION_REPLY,
+        True,
+    ),
+    "conversation, hidden brand-wide opt-out": (
+        CONVERSATION,
+        [revoked(at(10.5), None), granted(at(10.7)), revoked(at(12), None)],
+        MessageKind.CONVERSATION_REPLY,
+        True,
+    ),
+    # Alone, an opt-out after the reply might hide one: doubt counts the reply.
+    "conversation, opt-out after it": (
+        CONVERSATION,
+        [revoked(at(12)), granted(at(13))],
+        MessageKind.CONVERSATION_REPLY,
+        True,
+    ),
+    "conversation, opt-out before the text": (
+        [granted(at(0)), revoked(at(8)), granted(at(9)), inbound(at(10), "hi", "promo")],
+        [],
+        MessageKind.CONVERSATION_REPLY,
+        False,
+    ),
+    "confirmation, hidden opt-in": (
+        START_AGAIN,
+        [granted(at(10.5)), granted(at(12))],
+        MessageKind.OPT_IN_CONFIRMATION,
+        True,
+    ),
+    "confirmation, opt-in before the start": (
+        [granted(at(0)), revoked(at(5)), granted(at(7)), revoked(at(8)), resumed(at(10), "promo")],
+        [],
+        MessageKind.OPT_IN_CONFIRMATION,
+        False,
+    ),
+}
+
+
+@pytest.mark.parametrize(("asked", "inside", "kind", "counts"), HIDDEN.values(), ids=list(HIDDEN))
+def test_a_reply_recorded_after_a_later_fact_that_may_hide_one_inside_counts(
+    asked, inside, kind, counts
+):
+    """A conversation reply or START confirmation written as escaping the caps by a view
+    behind the ledger, recorded after an opt-out (or opt-in) placed inside its
+    exchange: the state took the write's word, where in the facts' own order that fact
+    closed the exchange and the reply counted. The state keeps only the latest of
+    each, so a later one placed after the reply hides the first: the state now counts
+    a reply whose campaign's (or brand's) latest such fact it holds was placed after
+    what earned it (doubt, as the write judges); one placed before changes nothing."""
+    reply = sent(at(11), "promo", kind)
+    _counted_though_recorded_first(asked, inside, reply, counts, named=counts)
+
+
+@pytest.mark.parametrize("kind", sorted(ENDED_ELSEWHERE, key=lambda k: k.value))
+@pytest.mark.parametrize(
+    ("stops", "counts"),
+    [([10.5, 12], True), ([12], True), ([8], False)],
+    ids=["inside and after", "after", "before"],
+)
+def test_another_campaigns_opt_out_hidden_by_a_later_one_counts_under_the_rule(kind, stops, counts):
+    """Opt-outs of another campaign recorded before the reply, which was written as
+    escaping the caps (the revoke-all rule not in force, or a view behind): one inside
+    the exchange hidden by one placed after the reply went unseen, and the reply
+    escaped the caps under the rule. Now a latest one placed after what earned the
+    reply keeps it as ended elsewhere (doubt), and the policy counts it where the rule
+    is in force; one placed before the exchange changes nothing."""
+    reply = sent(at(11), "promo", kind)
+    inside = [revoked(at(t), "news") for t in stops]
+    rule = campaign(**ONE_A_DAY, revoke_all=True)
+    _counted_though_recorded_first(
+        ENDED_ELSEWHERE[kind], inside, reply, counts, named=False, read=rule
+    )
+    _counted_though_recorded_first(ENDED_ELSEWHERE[kind], inside, reply, False, named=False)
+
+
+def test_a_hold_dismissed_before_a_start_confirmation_was_recorded_counts_it():
+    """A reply held for review placed between a START and its confirmation, and dismissed,
+    both recorded before the confirmation, which was written as escaping the caps: in
+    the facts' own order the hold stood when it went out, and a START lifts no hold.
+    The state now reads every hold it keeps."""
+    hold = flagged(at(10.5))
+    reply = sent(at(11), "promo", MessageKind.OPT_IN_CONFIRMATION)
+    dismissed = resolved(at(10.8), hold, CandidateResolution.DISMISSED)
+    _counted_though_recorded_first(START_AGAIN, [hold, dismissed], reply, True, named=True)
+
+
 SUPERSEDED = {
     "opt-out": (
         CONVERSATION,
