@@ -239,6 +239,23 @@ HISTORIES: dict[str, list[tuple[str, float]]] = {
         ("talk:cap1", 5),
         ("in:cap1", 2),
     ],
+    "talk-stop-inside-replaced": [
+        ("=in:cap1", 60),
+        ("=hi:cap1", 6),
+        ("STOP:cap1", 5.5),
+        ("talk:cap1", 5),
+        ("in:cap1", 4),
+        ("STOP:cap1", 3),
+        ("in:cap1", 2),
+    ],
+    "start-grant-inside-replaced": [
+        ("=in:cap1", 60),
+        ("=STOP:cap1", 8),
+        ("START:cap1", 6),
+        ("in:cap1", 5.5),
+        ("sconf:cap1", 5),
+        ("in:cap1", 3),
+    ],
     "start-stop-inside": [
         ("=in:cap1", 60),
         ("STOP:cap1", 8),
