@@ -7,6 +7,7 @@ BIN         := $(VENV)/bin
 PY          := $(BIN)/python
 STAMP       := $(VENV)/.installed
 PYTEST_ARGS ?=
+TEST_WORKERS ?= 2
 
 .PHONY: help venv lock run test test-unit test-integration test-e2e lint typecheck protos \
         protos-check buf-check kafka-jars deploy-tools kcat grpcurl chromium dev-up dev-down \
@@ -70,8 +71,11 @@ chromium:
 
 # The whole suite: lint and types first (seconds), then every test, real Kafka and
 # PostgreSQL included. pytest's exit code 5 (no tests ran) fails the target too.
+# Two workers (pytest-xdist), each with its own Kafka and PostgreSQL: one leaves a
+# core idle about half the time while tests wait on servers and subprocesses. A
+# module stays on one worker (--dist loadfile), so its fixtures start once.
 test: $(STAMP) kafka-jars deploy-tools kcat grpcurl chromium lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
 	$(PY) -m pytest tests/unit tests/conformance $(PYTEST_ARGS)
