@@ -486,14 +486,14 @@ async def test_a_change_of_rules_dated_back_counts_a_reply_sent_outside_its_wind
         assert await reasons() == expected
 
 
-@pytest.mark.parametrize(("stop_ago", "counted"), [(9.5, True), (8, False)])
-async def test_an_opt_out_dated_inside_a_conversation_counts_its_reply(service, stop_ago, counted):
-    """A text to capped's number, and a conversation reply a minute later that escaped
-    the cap when recorded; then an opt-out dated between the two (recorded after the
-    reply) and an opt-in again: in the facts' own order the opt-out closed the
-    conversation, the reply earned nothing, and the cap of one a day is reached. An
-    opt-out dated after the reply leaves it out."""
-    phone = f"+14155570{int(stop_ago * 10):03d}"
+async def a_conversation_reply_then(
+    service, phone: str, later: list[tuple[str | None, float]]
+) -> tuple[str, str]:
+    """An opt-in of capped, a text to its number 10 minutes ago and a conversation reply
+    a minute later (escaping the cap of one a day when recorded); then, recorded after
+    it, each opt-out of ``later`` (of that campaign, or the brand's for None, dated
+    that many minutes ago) with an opt-in a minute after it. The reasons CanSend and
+    CanSendBatch give for a regular message of capped."""
     now = CLOCK.now
     async with client(service.address, "acme-app") as app:
         w = Writes(app)
@@ -503,12 +503,30 @@ async def test_an_opt_out_dated_inside_a_conversation_counts_its_reply(service, 
         kind = lpb.MESSAGE_KIND_CONVERSATION_REPLY
         reply = sent(phone, "acme", "capped", now - 9 * MINUTE, kind=kind, from_number=CAPPED_FROM)
         w.wrote(await app.RecordMessageSent(reply))
-        w.wrote(await app.RecordOptOut(opt_out(phone, "acme", "capped", now - stop_ago * MINUTE)))
-        w.wrote(await app.RecordOptIn(opt_in(phone, "acme", "capped", now - MINUTE)))
+        for campaign, ago in later:
+            w.wrote(await app.RecordOptOut(opt_out(phone, "acme", campaign, now - ago * MINUTE)))
+            again = opt_in(phone, "acme", "capped", now - (ago - 1) * MINUTE)
+            w.wrote(await app.RecordOptIn(again))
         ask = dict(phone=phone, brand="acme", campaign="capped", at_least_as_fresh=w.token.encode())
-        answer = await app.CanSend(api.CanSendRequest(**ask))
+        one = await app.CanSend(api.CanSendRequest(**ask))
+        ask.pop("phone")
+        batch = await app.CanSendBatch(api.CanSendBatchRequest(phones=[phone], **ask))
+    return api.Reason.Name(one.reason), api.Reason.Name(batch.decisions[0].reason)
+
+
+@pytest.mark.parametrize(("stop_ago", "counted"), [(9.5, True), (8, False)])
+async def test_an_opt_out_dated_inside_a_conversation_counts_its_reply(service, stop_ago, counted):
+    """A text to capped's number, and a conversation reply a minute later that escaped
+    the cap when recorded; then an opt-out dated between the two (recorded after the
+    reply) and an opt-in again: in the facts' own order the opt-out closed the
+    conversation, the reply earned nothing, and the cap of one a day is reached. An
+    opt-out dated after the reply leaves it out."""
+    phone = f"+14155570{int(stop_ago * 10):03d}"
     expected = "REASON_FREQUENCY_CAP_REACHED" if counted else "REASON_CONSENT_ACTIVE"
-    assert api.Reason.Name(answer.reason) == expected
+    assert await a_conversation_reply_then(service, phone, [("capped", stop_ago)]) == (
+        expected,
+        expected,
+    )
 
 
 @pytest.mark.parametrize("campaign_of", ["capped", None], ids=["campaign", "brand-wide"])
@@ -519,27 +537,9 @@ async def test_a_reply_counted_by_an_opt_out_later_replaced_stays_counted(servic
     came, the reply escaped the cap again: CanSend allowed a second message within the
     day. The counted reply now keeps the opt-out that counted it."""
     phone = f"+1415557400{campaign_of is None:d}"
-    now = CLOCK.now
-    async with client(service.address, "acme-app") as app:
-        w = Writes(app)
-        w.wrote(await app.RecordOptIn(opt_in(phone, "acme", "capped", now - 60 * MINUTE)))
-        text = inbound(phone, CAPPED_FROM, "hi, hours?", now - 10 * MINUTE)
-        w.wrote(await app.HandleInboundMessage(text))
-        kind = lpb.MESSAGE_KIND_CONVERSATION_REPLY
-        reply = sent(phone, "acme", "capped", now - 9 * MINUTE, kind=kind, from_number=CAPPED_FROM)
-        w.wrote(await app.RecordMessageSent(reply))
-        for ago in (9.5, 5):
-            stop = opt_out(phone, "acme", campaign_of, now - ago * MINUTE)
-            w.wrote(await app.RecordOptOut(stop))
-            w.wrote(
-                await app.RecordOptIn(opt_in(phone, "acme", "capped", now - (ago - 1) * MINUTE))
-            )
-        ask = dict(phone=phone, brand="acme", campaign="capped", at_least_as_fresh=w.token.encode())
-        one = await app.CanSend(api.CanSendRequest(**ask))
-        ask.pop("phone")
-        batch = await app.CanSendBatch(api.CanSendBatchRequest(phones=[phone], **ask))
-    assert api.Reason.Name(one.reason) == "REASON_FREQUENCY_CAP_REACHED", one
-    assert api.Reason.Name(batch.decisions[0].reason) == "REASON_FREQUENCY_CAP_REACHED"
+    later = [(campaign_of, 9.5), (campaign_of, 5)]
+    capped = "REASON_FREQUENCY_CAP_REACHED"
+    assert await a_conversation_reply_then(service, phone, later) == (capped, capped)
 
 
 # Each history's facts in the order they are recorded: each reply, with the opt-out
