@@ -606,10 +606,12 @@ async def test_a_message_whose_send_died_before_its_append_is_recorded_once_its_
         tmp_path, postgres_dsn, broker.bootstrap_servers, "wf-dead",
         CONSENT_FRESHNESS_WAIT_MS="2000",
         # Short, so that the claims lapse within the test: 70 s and 141 s by default.
-        CONSENT_KAFKA_APPEND_TIMEOUT_MS="4000", CONSENT_KAFKA_REQUEST_TIMEOUT_MS="3000",
+        # Long enough that the broker and the service start again well inside it
+        # under load (two test workers), where 4 s of append left too little.
+        CONSENT_KAFKA_APPEND_TIMEOUT_MS="10000", CONSENT_KAFKA_REQUEST_TIMEOUT_MS="3000",
     )  # fmt: skip
     # Twice the ledger's append and request timeouts and the freshness bound.
-    lapse = 2 * (4 + 3 + 2)
+    lapse = 2 * (10 + 3 + 2)
     when = now()
     phones = [f"+1415557{7000 + i:04d}" for i in range(3)]
     tag = uuid.uuid4().hex[:8]
