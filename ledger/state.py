@@ -668,7 +668,10 @@ def _shut_already(s: SubscriberState, reply: SentRecord) -> Fact[Any] | None:
     unearned as ``_closed_by`` finds for one that comes after the reply, or may have:
     the campaign's or the brand's latest opt-out, or the campaign's latest opt-in,
     placed after the reply may hide an earlier one inside its exchange (only the
-    latest is kept), and doubt counts the reply. Holds are all kept. None if none."""
+    latest is kept), and doubt counts the reply. Holds are all kept. None if none, or
+    if ``reply`` was kept with nothing that earned it."""
+    if not reply.basis:
+        return None
     since = reply.basis[0].key
     c = s.campaign(reply.fact.event.campaign)
     found: list[Fact[Any] | None] = []
@@ -701,7 +704,7 @@ def _apply_sent(s: SubscriberState, f: Fact[MessageSent]) -> SubscriberState:
         changes["escaped"] = _with_escaped(c.escaped, record)
     if changes:
         s = _with_campaign(s, f.event.campaign, lambda c: _evolve(c, **changes))
-    shut = _shut_already(s, record) if exempt and record.basis else None
+    shut = _shut_already(s, record) if exempt else None
     if shut is not None:
         counted = _shut_by(record, shut)
         s = _with_campaign(s, f.event.campaign, lambda c: _unescaped(c, [counted]))
@@ -1143,7 +1146,7 @@ def exemptions_not_granted(history: Iterable[Recorded]) -> set[str]:
             record = SentRecord(f.at, event.kind, f.event_id, event.message_id, f)
             if not _holds(state.brand_sent, record):
                 exempt, record = _judged(state, f, record)
-                if not exempt or (record.basis and _shut_already(state, record) is not None):
+                if not exempt or _shut_already(state, record) is not None:
                     found.add(f.event_id)
         after = states[event.brand] = apply(state, recorded)
         if isinstance(
